@@ -1,0 +1,1 @@
+"""fieldstudio.apps"""
