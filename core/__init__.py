@@ -11,8 +11,8 @@ from .errors import ConfigError, FieldStudioError, InputError, TrainingError  # 
 
 
 def load_run(path, device=None):
-    """Open a run folder written by any fieldstudio command; see `fieldstudio.apps.runs.load_run`."""
-    from fieldstudio.apps.runs import load_run as _load_run
+    """Open a run folder written by any fieldstudio command; see `fieldstudio.runs.load_run`."""
+    from fieldstudio.runs import load_run as _load_run
 
     return _load_run(path, device=device)
 

@@ -254,12 +254,12 @@ class _GridLookup(torch.autograd.Function):
         # feature-major accumulator: each channel's scatter hits a contiguous row
         acc = torch.zeros(f, ctx.numel // f, dtype=grad_out.dtype, device=grad_out.device)
         for lvl, idx in enumerate(idx_all):
-            g = grad_out[:, lvl * f:(lvl + 1) * f]
+            g = grad_out[:, lvl * f:(lvl + 1) * f].t()  # [F, N]
             w = ws.pop(0) if ctx.has_w[lvl] else None
+            src = g[:, :, None] * w[None] if w is not None else g[:, :, None]  # [F, N, corners], one pass
             flat_idx = idx.reshape(-1)
             for j in range(f):
-                src = g[:, j:j + 1] * w if w is not None else g[:, j:j + 1]
-                acc[j].index_add_(0, flat_idx, src.reshape(-1))
+                acc[j].index_add_(0, flat_idx, src[j].reshape(-1))
         return acc.t().reshape(-1), None, None, None
 
 
