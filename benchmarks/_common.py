@@ -205,12 +205,16 @@ def machine_info(device) -> dict[str, Any]:
     return info
 
 
-def write_json(path, payload: Mapping[str, Any], device) -> Path:
-    """Write ``payload`` plus ``machine`` info and a timestamp to ``path`` (folders created)."""
+def write_json(path, payload: Mapping[str, Any], device, machine: Mapping[str, Any] | None = None) -> Path:
+    """Write ``payload`` plus ``machine`` info and a timestamp to ``path`` (folders created).
+
+    Pass ``machine`` (from `machine_info`, taken when the run started) to record the load and git
+    state at the start; otherwise they are read now.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine_info(device), **payload}
+           "machine": dict(machine) if machine is not None else machine_info(device), **payload}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
