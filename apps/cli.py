@@ -30,6 +30,21 @@ def _cmd_fit_image(args) -> int:
     return 0
 
 
+def _cmd_fit_geo(args) -> int:
+    from .fit_geo import fit_geo
+
+    m = fit_geo(args.data, lon=args.lon, lat=args.lat, target=args.target, task=args.task, encoder=args.encoder,
+                L=args.L, frequency_num=args.frequency_num, network=args.network, hidden=args.hidden,
+                layers=args.layers, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
+                n_points=args.n_points, out=args.out, device=args.device, resume=args.resume,
+                checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    score = (f"accuracy {100 * m['accuracy']:.2f}%  cross-entropy {m['cross_entropy']:.4f}" if m["task"] == "classify"
+             else f"RMSE {m['rmse']:.4g}  R2 {m['r2']:.4f}")
+    print(f"{m['split']}: {score}  {m['params']:,} params  {m['steps']} steps in {m['seconds']:.1f} s  ->  {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldstudio", description="Neural fields on any machine.")
     from fieldstudio import __version__
@@ -63,6 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--checkpoint-every", type=int, default=250)
     img.add_argument("--quiet", action="store_true", help="no progress bar")
     img.set_defaults(func=_cmd_fit_image)
+
+    geo = fit_sub.add_parser("geo", help="fit points on the globe (default: land/ocean, offline)",
+                             description="Fit a location encoder + network to labelled points on the sphere "
+                                         "(lon/lat in degrees) and write a run folder with metrics.json and map.png.")
+    geo.add_argument("data", nargs="?", default=None,
+                     help="CSV or GeoJSON of points; default: 5000 random points labelled land/ocean (global-land-mask)")
+    geo.add_argument("--lon", default="lon", help="longitude column (default lon; also matches lng/longitude)")
+    geo.add_argument("--lat", default="lat", help="latitude column (default lat; also matches latitude)")
+    geo.add_argument("--target", default=None, help="column to predict (default: the only other column)")
+    geo.add_argument("--task", default=None, choices=("classify", "regress"),
+                     help="default: regress for numbers other than 0/1, classify otherwise")
+    geo.add_argument("--encoder", default="sh",
+                     help="sh | direct | wrap | grid | theory | spherec | spherec+ | spherem | spherem+ | cartesian3d "
+                          "| path/to/config.json")
+    geo.add_argument("--L", type=int, default=10, help="spherical-harmonic bands for --encoder sh (L*L features)")
+    geo.add_argument("--frequency-num", type=int, default=16, help="scales of grid / theory / sphere* encoders")
+    geo.add_argument("--network", default="siren", choices=("siren", "mlp", "linear"))
+    geo.add_argument("--hidden", type=int, default=64, help="units per hidden layer")
+    geo.add_argument("--layers", type=int, default=2, help="hidden layers (SIREN: sine layers, as in the paper)")
+    geo.add_argument("--steps", type=int, default=1000, help="optimisation steps (total, also with --resume)")
+    geo.add_argument("--batch-size", type=int, default=2000, help="points per step")
+    geo.add_argument("--lr", type=float, default=1e-3)
+    geo.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty on the network")
+    geo.add_argument("--val-fraction", type=float, default=0.2, help="share of points held out for validation")
+    geo.add_argument("--seed", type=int, default=0, help="seeds the split, the init and the batches")
+    geo.add_argument("--n-points", type=int, default=5000, help="points of the default land/ocean data")
+    geo.add_argument("--out", default="runs/geo", help="run folder to write")
+    geo.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    geo.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    geo.add_argument("--checkpoint-every", type=int, default=250)
+    geo.add_argument("--quiet", action="store_true", help="no progress bar")
+    geo.set_defaults(func=_cmd_fit_geo)
     return p
 
 

@@ -19,6 +19,7 @@ _MODULES = (
     "composite",
     "grid",
     "spherical_harmonics",
+    "geo",
 )
 _loaded = False
 

@@ -8,9 +8,10 @@ from fieldstudio.errors import ConfigError
 
 
 def _field_classes() -> dict[str, type]:
+    from .geo import GeoField
     from .image import ImageField
 
-    return {"imagefield": ImageField}
+    return {"imagefield": ImageField, "geofield": GeoField}
 
 
 def build_field(config: Mapping[str, Any], backend: str = "auto"):
