@@ -7,6 +7,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import sys
 
@@ -45,6 +46,48 @@ def _cmd_fit_geo(args) -> int:
     return 0
 
 
+def _cmd_fit_sdf(args) -> int:
+    from .fit_sdf import fit_sdf
+
+    m = fit_sdf(args.mesh, encoder=args.encoder, steps=args.steps, out=args.out, loss=args.loss, eikonal=args.eikonal,
+                normal_weight=args.normal_weight, batch_size=args.batch_size, lr=args.lr, n_samples=args.samples,
+                resolution=args.resolution, narrow_band=not args.dense, metric_samples=args.metric_samples,
+                iou_resolution=args.iou_resolution, preview_size=args.preview_size, device=args.device, seed=args.seed,
+                resume=args.resume, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+                backend=args.backend)
+    print(f"IoU {m['iou']:.4f}  Chamfer-L1 {m['chamfer_l1']:.3g}  normal consistency {m['normal_consistency']:.4f}  "
+          f"F@0.005 {m['f_score@0.005']:.4f}  {m['params']:,} params  {m['steps']} steps in {m['seconds']:.1f} s  "
+          f"->  {args.out}")
+    return 0
+
+
+def _cmd_render_sdf(args) -> int:
+    from .fit_sdf import render_run
+
+    path = render_run(args.run, args.out, size=args.size, truth=not args.no_truth, device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_export_mesh(args) -> int:
+    from fieldstudio import runs
+
+    if runs.read_json(Path(args.run) / runs.CONFIG, "run config").get("kind") == "scene":
+        from .render_scene import export_scene_mesh
+
+        info = export_scene_mesh(args.run, resolution=args.resolution, out=args.out, threshold=args.threshold,
+                                 device=args.device)
+        print(f"wrote {info['out']}: {info['vertices']:,} vertices, {info['faces']:,} faces (density {args.threshold})")
+        return 0
+    from .fit_sdf import export_run_mesh
+
+    info = export_run_mesh(args.run, args.out, resolution=args.resolution, units=args.units,
+                           narrow_band=not args.dense, device=args.device)
+    print(f"wrote {info['path']}: {info['vertices']:,} vertices, {info['faces']:,} faces "
+          f"({args.resolution}^3 marching cubes in {info['seconds']:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldstudio", description="Neural fields on any machine.")
     from fieldstudio import __version__
@@ -56,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, device and optional backends")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
+
+    from .cameras import add_parser as _add_cameras_parser
+
+    _add_cameras_parser(sub)
 
     fit = sub.add_parser("fit", help="fit a field to data")
     fit_sub = fit.add_subparsers(dest="what", metavar="WHAT")
@@ -78,6 +125,54 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--checkpoint-every", type=int, default=250)
     img.add_argument("--quiet", action="store_true", help="no progress bar")
     img.set_defaults(func=_cmd_fit_image)
+
+    sdf = fit_sub.add_parser("sdf", help="fit a signed distance field to a mesh (default: a bundled shape)",
+                             description="Fit a neural signed distance field to a triangle mesh, extract its surface "
+                                         "and write a run folder with metrics.json, mesh.ply and preview.png.")
+    sdf.add_argument("mesh", nargs="?", default=None,
+                     help="OBJ / PLY / STL / OFF / GLB file; default: a procedural shape (ring, ball and stick)")
+    sdf.add_argument("--encoder", default="hashgrid",
+                     help="hashgrid | siren | frequency | path/to/config.json (a tcnn encoding or {encoding, network})")
+    sdf.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
+    sdf.add_argument("--out", default="runs/sdf", help="run folder to write")
+    sdf.add_argument("--loss", default=None, choices=("mape", "l1"),
+                     help="data term (default: mape, instant-ngp's, for grids; l1 for siren)")
+    sdf.add_argument("--eikonal", type=float, default=0.0, help="weight of the eikonal term | |grad f| - 1 | (SIREN: 0.05)")
+    sdf.add_argument("--normal-weight", type=float, default=0.0, help="weight of the normal term on surface points")
+    sdf.add_argument("--batch-size", type=int, default=1 << 14, help="points per step (default 16384)")
+    sdf.add_argument("--samples", type=int, default=1 << 19, help="training points drawn once with ground truth")
+    sdf.add_argument("--lr", type=float, default=None, help="learning rate (default per encoder)")
+    sdf.add_argument("--resolution", type=int, default=256, help="marching cubes samples per axis (default 256)")
+    sdf.add_argument("--dense", action="store_true", help="evaluate the full grid, not only a band around the surface")
+    sdf.add_argument("--metric-samples", type=int, default=200_000, help="surface samples per mesh for Chamfer & co.")
+    sdf.add_argument("--iou-resolution", type=int, default=128, help="grid of cell centres for the IoU (default 128)")
+    sdf.add_argument("--preview-size", type=int, default=320, help="pixels per side of each preview.png panel")
+    sdf.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    sdf.add_argument("--backend", default="auto", choices=("auto", "torch", "tcnn"), help="grid implementation")
+    sdf.add_argument("--seed", type=int, default=0)
+    sdf.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    sdf.add_argument("--checkpoint-every", type=int, default=250)
+    sdf.add_argument("--quiet", action="store_true", help="no progress bar")
+    sdf.set_defaults(func=_cmd_fit_sdf)
+
+    rsdf = sub.add_parser("render-sdf", help="sphere-traced picture of an SDF run (ground truth beside it)")
+    rsdf.add_argument("run", help="run folder written by `fieldstudio fit sdf`")
+    rsdf.add_argument("--out", default=None, help="PNG to write (default RUN/render.png)")
+    rsdf.add_argument("--size", type=int, default=512, help="pixels per side of each panel")
+    rsdf.add_argument("--no-truth", action="store_true", help="only the fitted field")
+    rsdf.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    rsdf.set_defaults(func=_cmd_render_sdf)
+
+    exp = sub.add_parser("export-mesh", help="marching cubes of an SDF or scene run as PLY / OBJ / GLB")
+    exp.add_argument("run", help="run folder written by `fieldstudio fit sdf` or `fieldstudio reconstruct`")
+    exp.add_argument("--threshold", type=float, default=10.0, help="scene runs: density of the extracted surface")
+    exp.add_argument("--out", default="mesh.ply", help="mesh file to write (.ply, .obj or .glb)")
+    exp.add_argument("--resolution", type=int, default=256, help="samples per axis (512 fits in memory)")
+    exp.add_argument("--units", default="original", choices=("original", "unit"),
+                     help="original: the input mesh's units; unit: the [0,1]^3 cube the field lives in")
+    exp.add_argument("--dense", action="store_true", help="evaluate the full grid, not only a band around the surface")
+    exp.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    exp.set_defaults(func=_cmd_export_mesh)
 
     geo = fit_sub.add_parser("geo", help="fit points on the globe (default: land/ocean, offline)",
                              description="Fit a location encoder + network to labelled points on the sphere "
@@ -110,7 +205,61 @@ def build_parser() -> argparse.ArgumentParser:
     geo.add_argument("--checkpoint-every", type=int, default=250)
     geo.add_argument("--quiet", action="store_true", help="no progress bar")
     geo.set_defaults(func=_cmd_fit_geo)
+    rec = sub.add_parser("reconstruct", help="radiance field from posed photos (default: a bundled scene)",
+                         description="Train a radiance field (Instant-NGP or MLP NeRF) on posed photos with the "
+                                     "occupancy-grid volume renderer; evaluates the test views at the end.")
+    rec.add_argument("data", nargs="?", default=None,
+                     help="scene folder (Blender, instant-ngp/nerfstudio transforms.json, LLFF, COLMAP); default: the procedural scene")
+    rec.add_argument("--format", default="auto", help="auto | blender | ngp | llff | colmap")
+    rec.add_argument("--field", default="ngp", choices=("ngp", "nerf"), help="Instant-NGP hash grid or MLP NeRF")
+    rec.add_argument("--steps", type=int, default=2000)
+    rec.add_argument("--out", default="runs/scene")
+    rec.add_argument("--target-samples", type=int, default=1 << 16, help="samples rendered per step (rays adapt)")
+    rec.add_argument("--lr", type=float, default=None)
+    rec.add_argument("--downscale", type=int, default=1)
+    rec.add_argument("--grid-resolution", type=int, default=None, help="occupancy grid cells per axis (128 on GPU, 64 on CPU)")
+    rec.add_argument("--eval-views", type=int, default=None, help="evaluate only the first N test views")
+    rec.add_argument("--device", default="auto")
+    rec.add_argument("--backend", default="auto", choices=("auto", "torch", "tcnn"))
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--resume", action="store_true")
+    rec.add_argument("--checkpoint-every", type=int, default=500)
+    rec.add_argument("--quiet", action="store_true")
+    rec.set_defaults(func=_cmd_reconstruct)
+
+    ren = sub.add_parser("render", help="render a reconstructed scene to a video (rgb, depth, opacity)")
+    ren.add_argument("run", help="run folder written by `fieldstudio reconstruct`")
+    ren.add_argument("--path", default="orbit", choices=("orbit", "test"))
+    ren.add_argument("--frames", type=int, default=60)
+    ren.add_argument("--fps", type=int, default=24)
+    ren.add_argument("--out", default="video.mp4", help=".mp4 / .gif, or a folder for PNG frames")
+    ren.add_argument("--no-depth", action="store_true", help="skip the depth and opacity videos")
+    ren.add_argument("--device", default="auto")
+    ren.add_argument("--quiet", action="store_true")
+    ren.set_defaults(func=_cmd_render)
     return p
+
+
+def _cmd_reconstruct(args) -> int:
+    from .reconstruct import reconstruct
+
+    m = reconstruct(args.data, format=args.format, field=args.field, steps=args.steps, out=args.out,
+                    target_samples=args.target_samples, lr=args.lr, downscale=args.downscale,
+                    grid_resolution=args.grid_resolution, eval_views=args.eval_views, device=args.device,
+                    backend=args.backend, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                    progress=not args.quiet)
+    print(f"test PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f} over {m['test_views']} views  {m['steps']} steps in "
+          f"{m['seconds']:.1f} s  train {m['train_rays_per_second']:,.0f} rays/s  ->  {args.out}")
+    return 0
+
+
+def _cmd_render(args) -> int:
+    from .render_scene import render_video
+
+    info = render_video(args.run, path=args.path, frames=args.frames, out=args.out, fps=args.fps,
+                        device=args.device, depth=not args.no_depth, progress=not args.quiet)
+    print("wrote " + ", ".join(info["outputs"]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ class TrainState:
     step: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # app state that must survive a resume
 
 
 def make_adam(module: torch.nn.Module, lr: float, param_groups: list[dict] | None = None) -> torch.optim.Adam:
@@ -46,7 +47,8 @@ def save_checkpoint(run_dir: Path, fld: torch.nn.Module, opt: torch.optim.Optimi
     """Weights, optimiser state and the curve; each file replaced atomically."""
     runs.save_weights(run_dir / runs.WEIGHTS, fld)
     runs.save_torch(run_dir / runs.STATE, {"step": state.step, "seconds": state.seconds,
-                                           "optimizer": opt.state_dict(), "history": state.history})
+                                           "optimizer": opt.state_dict(), "history": state.history,
+                                           "extra": state.extra})
     runs.atomic_write_json(run_dir / runs.HISTORY, state.history)
     cfg = dict(config)
     cfg["step"] = state.step
@@ -63,7 +65,8 @@ def load_checkpoint(run_dir: Path, fld: torch.nn.Module, opt: torch.optim.Optimi
     fld.load_state_dict({k: v.to(device) for k, v in load_file(str(run_dir / runs.WEIGHTS)).items()})
     saved = torch.load(state_path, map_location=device, weights_only=False)
     opt.load_state_dict(saved["optimizer"])
-    return TrainState(step=int(saved["step"]), seconds=float(saved["seconds"]), history=list(saved["history"]))
+    return TrainState(step=int(saved["step"]), seconds=float(saved["seconds"]), history=list(saved["history"]),
+                      extra=dict(saved.get("extra", {})))
 
 
 def train(fld: torch.nn.Module, step_fn: StepFn, opt: torch.optim.Optimizer, *, steps: int, run_dir: Path,
@@ -74,7 +77,8 @@ def train(fld: torch.nn.Module, step_fn: StepFn, opt: torch.optim.Optimizer, *, 
     from tqdm.auto import tqdm
 
     state = state or TrainState()
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    # the un-scheduled rates live in the optimiser's own state, so a resumed run scales the same base
+    base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in opt.param_groups]
     bar = tqdm(total=steps, initial=state.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
     last_good = state.step if (run_dir / runs.WEIGHTS).exists() else None
     pending_loss: torch.Tensor | None = None

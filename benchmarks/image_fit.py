@@ -5,9 +5,11 @@
                                    [--out benchmarks/results/image_fit] [--images kodim03,kodim05]
                                    [--crop N] [--quick]
 
-For every image x encoder, `fit_image` (the code behind ``fieldstudio fit image``) trains the
-encoder's preset with its default learning rate into a run folder ``OUT/runs/<image>/<encoder>``
-(replaced if it exists). Collected per fit:
+After an untimed 2-step warm-up fit per encoder (64 px crop), for every image x encoder,
+`fit_image` (the code behind ``fieldstudio fit image``) trains the encoder's preset with its
+default learning rate into a run folder ``OUT/runs/<image>/<encoder>`` (replaced if it exists).
+Timings are wall clock: other load on the machine (recorded as load averages) inflates them.
+Collected per fit:
 
 * the training curve from history.json, PSNR against step and against training wall seconds.
   The training loop logs every 10 steps, and its PSNR is the PSNR of *that step's training
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import shutil
 import sys
 import time
@@ -109,6 +111,26 @@ def time_to(curve: list[dict[str, float]], db: float) -> dict[str, float] | None
         if pt["psnr"] >= db:
             return {"step": pt["step"], "seconds": pt["seconds"]}
     return None
+
+
+def warm_up(image: Path, encoders: list[str], args) -> None:
+    """A 2-step fit per encoder on a small crop, untimed: the first fit of a process pays one-off costs
+    (imports, thread pools, allocator growth) that would otherwise be charged to the first image."""
+    import tempfile
+
+    from fieldstudio.apps.fit_image import fit_image
+
+    with tempfile.TemporaryDirectory(prefix="image_fit_warmup_") as tmp:
+        for enc in encoders:
+            fit_image(str(image), encoder=enc, steps=2, out=Path(tmp) / enc, batch_size=args.batch_size,
+                      crop=64, device=args.device, progress=False)
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def run_one(image: Path, encoder: str, args, run_dir: Path) -> dict[str, Any]:
@@ -281,6 +303,8 @@ def main(argv=None) -> int:
     print(f"image_fit: {len(images)} images x {len(args.encoder_list)} encoders, {args.steps} steps, batch "
           f"{args.batch_size}, crop {args.crop or 'none'}, device {device}, {n} fits -> {_rel(args.out)}", flush=True)
 
+    warm_up(images[0], args.encoder_list, args)
+    settings["load_average_at_start"] = _load()  # 1/5/15-min load: other processes on the machine skew timings
     per_image: dict[str, dict[str, dict]] = {}
     t0 = time.perf_counter()
     k = 0
@@ -301,7 +325,7 @@ def main(argv=None) -> int:
             means = summarize(per_image, args.encoder_list)
             # rewritten after every fit, so a long run can be followed and an interrupted one keeps its results
             C.write_json(json_path, {"benchmark": "image_fit", "settings": settings, "complete": k == n,
-                                     "wall_seconds": round(time.perf_counter() - t0, 1),
+                                     "wall_seconds": round(time.perf_counter() - t0, 1), "load_average_now": _load(),
                                      "mean": means, "per_image": per_image}, device)
 
     wall = time.perf_counter() - t0

@@ -132,8 +132,10 @@ def load_run(path: str | Path, device: str | torch.device | None = None, backend
         state = load_file(str(weights))
     except Exception as exc:
         raise InputError(f"cannot read {weights}: {exc}", "the file is damaged; re-run or resume the command") from exc
-    result = fld.load_state_dict(state, strict=True)
-    del result
+    prefix = config.get("weights_prefix", "")
+    if prefix:  # runs that save more than the field (e.g. a scene's occupancy grid) prefix its keys
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    fld.load_state_dict(state, strict=True)
     fld = fld.to(device or "cpu").eval()
     metrics = json.loads((path / METRICS).read_text()) if (path / METRICS).exists() else {}
     return Run(path=path, config=config, field=fld, metrics=metrics)

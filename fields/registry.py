@@ -10,8 +10,11 @@ from fieldstudio.errors import ConfigError
 def _field_classes() -> dict[str, type]:
     from .geo import GeoField
     from .image import ImageField
+    from .radiance import NGPRadianceField, VanillaNeRF
+    from .sdf import SDFField
 
-    return {"imagefield": ImageField, "geofield": GeoField}
+    return {"imagefield": ImageField, "sdffield": SDFField, "geofield": GeoField,
+            "ngpradiancefield": NGPRadianceField, "vanillanerf": VanillaNeRF}
 
 
 def build_field(config: Mapping[str, Any], backend: str = "auto"):

@@ -1,0 +1,149 @@
+"""Signed distance fields: points in the unit cube [0, 1]^3 -> signed distance, as encoder + network.
+
+The field answers in unit-cube units (negative inside), whatever the mesh's own units: a run's
+config keeps the similarity back to them (see `fieldstudio.datasets.meshes.UnitCube`). Like
+`ImageField`, the field owns the convention between the unit cube and the encoder's domain
+("unit" keeps [0, 1] for grids, "signed" maps to [-1, 1] for SIREN).
+
+The losses of SDF fitting live here too: MAPE (instant-ngp's SDF loss), L1, and the SIREN-style
+eikonal and normal terms, which need ``create_graph=True`` gradients of the field with respect to
+its inputs. Those flow through the PyTorch grid (its differentiable path) and PyTorch MLPs; use
+the grid's ``"interpolation": "Smoothstep"`` so the second derivatives are not zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fieldstudio.config import Field, parse_fields
+from fieldstudio.encoders import build_encoding
+
+from .networks import build_network
+
+_FIELDS = {
+    "encoding": Field(dict),
+    "network": Field(dict),
+    # where unit-cube points go before the encoder: "unit" keeps [0,1]^3, "signed" maps to [-1,1]^3
+    "input_range": Field(str, "unit", choices=("unit", "signed")),
+}
+
+
+class SDFField(nn.Module):
+    """``forward(x)`` with ``x`` ``[..., 3]`` in [0, 1]^3 -> ``[..., 1]`` signed distance (unit-cube units)."""
+
+    kind = "sdf"
+
+    def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
+        super().__init__()
+        self.cfg = parse_fields(config, _FIELDS, where="sdf field", ignore=("otype",))
+        self.encoding = build_encoding(self.cfg["encoding"], 3, backend=backend)
+        self.network = build_network(self.cfg["network"], self.encoding.n_output_dims, 1)
+        self.cfg["encoding"] = self.encoding.config
+        self.cfg["network"] = self.network.config
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"otype": "SDFField", **self.cfg}
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return ("sdf",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * 2.0 - 1.0 if self.cfg["input_range"] == "signed" else x
+        return self.network(self.encoding(h))
+
+    def sdf(self, x: torch.Tensor) -> torch.Tensor:
+        """Signed distance ``[...]`` (the channel squeezed)."""
+        return self(x)[..., 0]
+
+    def channels(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named outputs (the contract every field keeps)."""
+        return {"sdf": self(x)}
+
+    def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sdf [N], d sdf / d x [N, 3])``; ``create_graph=True`` for losses on the gradient."""
+        with torch.enable_grad():
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
+            f = self.sdf(x)
+            (g,) = torch.autograd.grad(f.sum(), x, create_graph=create_graph)
+        return f, g
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+
+def mape_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """instant-ngp's SDF loss (tcnn ``losses/mape.h``): mean ``|pred - target| / (|target| + eps)``."""
+    return ((pred - target).abs() / (target.abs() + eps)).mean()
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).abs().mean()
+
+
+def eikonal_loss(grad: torch.Tensor) -> torch.Tensor:
+    """SIREN's (L1) eikonal term: mean ``| |grad f| - 1 |``."""
+    return (grad.norm(dim=-1) - 1.0).abs().mean()
+
+
+def normal_loss(grad: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+    """SIREN's normal term on surface points: mean ``1 - cos(grad f, n)``."""
+    return (1.0 - torch.nn.functional.cosine_similarity(grad, normals, dim=-1)).mean()
+
+
+SDF_LOSSES = ("mape", "l1")
+
+
+# ------------------------------------------------------------------------------------------------
+# Presets
+# ------------------------------------------------------------------------------------------------
+
+def sdf_field_preset(name: str, *, second_order: bool = False) -> dict[str, Any]:
+    """Config of a sensible SDF field for ``--encoder NAME``.
+
+    * hashgrid: instant-ngp's SDF config (16 levels x 2 features, 2^19 table, N_min 16, 2 x 64 ReLU
+      MLP) with N_max = 1024 instead of 2048, sized for 256^3-512^3 extraction: the finest level
+      has four cells per voxel at 256^3 and two at 512^3 (per_level_scale 1.3195 instead of
+      1.3819). ``second_order`` switches to Smoothstep interpolation (eikonal / normal losses).
+    * frequency: NeRF positional encoding (8 octaves) + 4 x 128 ReLU MLP with biases.
+    * siren: the official SIREN SDF network (256 x 3 hidden, omega_0 = 30), inputs in [-1, 1]^3.
+    """
+    if name == "hashgrid":
+        n_levels, base, n_max = 16, 16, 1024
+        scale = math.exp(math.log(n_max / base) / (n_levels - 1))
+        return {
+            "encoding": {"otype": "HashGrid", "n_levels": n_levels, "n_features_per_level": 2,
+                         "log2_hashmap_size": 19, "base_resolution": base, "per_level_scale": round(scale, 6),
+                         "interpolation": "Smoothstep" if second_order else "Linear"},
+            "network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None",
+                        "n_neurons": 64, "n_hidden_layers": 2},
+        }
+    if name == "frequency":
+        return {
+            "encoding": {"otype": "Frequency", "n_frequencies": 8},
+            "network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None",
+                        "n_neurons": 128, "n_hidden_layers": 4, "bias": True},
+        }
+    if name == "siren":
+        return {
+            "input_range": "signed",
+            "encoding": {"otype": "Identity"},
+            "network": {"otype": "SIREN", "n_neurons": 256, "n_hidden_layers": 3,
+                        "first_omega_0": 30.0, "hidden_omega_0": 30.0},
+        }
+    raise KeyError(name)
+
+
+#: Adam learning rate for each preset
+PRESET_LR = {"hashgrid": 1e-2, "frequency": 1e-3, "siren": 1e-4}
+#: default data loss for each preset. SIREN gets L1: under MAPE, errors far from the surface weigh
+#: little (1 / (|sdf| + 0.01)) and the sine network kept bubbles of wrong sign inside spot
+#: (IoU 0.934 after 300 steps, against 0.992 with L1)
+PRESET_LOSS = {"hashgrid": "mape", "frequency": "mape", "siren": "l1"}
+SDF_PRESETS = tuple(PRESET_LR)

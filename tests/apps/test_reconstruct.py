@@ -1,0 +1,107 @@
+"""Scene reconstruction end to end on the bundled procedural scene (a CI-sized run), resume, outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fieldstudio import runs
+from fieldstudio.apps.cli import main
+from fieldstudio.apps.reconstruct import load_scene_run, reconstruct
+from fieldstudio.datasets.scene import load_scene
+from fieldstudio.errors import InputError
+from fieldstudio.fields.radiance import NGPRadianceField
+
+SHORT = dict(progress=False, device="cpu", target_samples=4096, grid_resolution=32, checkpoint_every=20)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = tmp_path_factory.mktemp("scene") / "run"
+    metrics = reconstruct(None, steps=60, out=out, eval_views=2, **SHORT)
+    return out, metrics
+
+
+def _white_baseline_psnr(views):
+    ds = load_scene(None)
+    vals = []
+    for i in ds.split("test")[:views]:
+        gt = ds.image(int(i), "white").numpy()
+        vals.append(-10 * np.log10(np.mean((1.0 - gt) ** 2)))
+    return float(np.mean(vals))
+
+
+def test_short_reconstruction_learns_the_scene(short_run):
+    out, m = short_run
+    baseline = _white_baseline_psnr(2)  # what an empty (all-background) field scores
+    assert m["psnr"] >= baseline + 3.0, (m["psnr"], baseline)
+    assert m["test_views"] == 2 and m["steps"] == 60
+    assert 0 < m["occupied_fraction"] < 0.9  # the grid carved empty space
+    for name in ("config.json", "weights.safetensors", "metrics.json", "history.json", "state.pt"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "metrics.json").read_text())["protocol"].startswith("all 2 test views")
+
+
+def test_run_reopens_as_field_and_as_scene(short_run):
+    out, _ = short_run
+    run = runs.load_run(out)
+    assert isinstance(run.field, NGPRadianceField)
+    model, cfg = load_scene_run(out, device="cpu")
+    assert cfg["kind"] == "scene" and model.grid.occupied_fraction() < 0.9
+    x = torch.rand(64, 3)
+    torch.testing.assert_close(run.field.density(x), model.field.density(x))
+
+
+def test_render_and_export(short_run, tmp_path, capsys):
+    out, _ = short_run
+    assert main(["render", str(out), "--frames", "2", "--out", str(tmp_path / "orbit.gif"), "--quiet"]) == 0
+    assert (tmp_path / "orbit.gif").exists() and (tmp_path / "orbit_depth.gif").exists()
+    from fieldstudio.apps.render_scene import export_scene_mesh
+
+    model, _ = load_scene_run(out, device="cpu")
+    with torch.no_grad():
+        dens = model.field.density(torch.rand(20000, 3))
+    thr = float(dens.quantile(0.99))
+    info = export_scene_mesh(out, resolution=32, out=tmp_path / "m.ply", threshold=thr)
+    assert info["faces"] > 0 and (tmp_path / "m.ply").exists()
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """A run stopped after its step-3 checkpoint and resumed ends where an uninterrupted run ends."""
+    import fieldstudio.apps.reconstruct as rec
+
+    kw = dict(SHORT, eval_views=1, checkpoint_every=3)
+    reconstruct(None, steps=6, out=tmp_path / "a", **kw)
+
+    real_train = rec.train
+
+    def interrupted_train(model, step_fn, *args, **kwargs):
+        def stepper(step):
+            if step == 3:
+                raise KeyboardInterrupt  # as if the user pressed Ctrl-C during step 4
+            return step_fn(step)
+
+        return real_train(model, stepper, *args, **kwargs)
+
+    monkeypatch.setattr(rec, "train", interrupted_train)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(None, steps=6, out=tmp_path / "b", **kw)
+    monkeypatch.setattr(rec, "train", real_train)
+    reconstruct(None, steps=6, out=tmp_path / "b", resume=True, **kw)
+    a = runs.load_run(tmp_path / "a").field.state_dict()
+    b = runs.load_run(tmp_path / "b").field.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_bad_inputs(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "Traceback" not in err and err.count("\n") == 1
+    with pytest.raises(InputError, match="not a scene"):
+        from fieldstudio.apps.fit_image import fit_image
+
+        fit_image("camera", crop=16, steps=1, out=tmp_path / "img", progress=False, device="cpu")
+        load_scene_run(tmp_path / "img")
