@@ -19,7 +19,6 @@ Adam's L2 term on the network, as in the paper's code (the encoders have no para
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from fieldstudio.errors import ConfigError, InputError
 from fieldstudio.fields.geo import (GEO_ENCODERS, GEO_NETWORKS, TASKS, GeoField, geo_encoding_preset,
                                     geo_network_preset)
 
+from .config_files import read_encoder_file
 from .training import TrainState, load_checkpoint, make_adam, train
 
 #: the default map: one cell per degree
@@ -76,17 +76,7 @@ def resolve_field_config(encoder: str | dict, network: str, *, L: int, frequency
     key = encoder.lower()
     if key in GEO_ENCODERS:
         return geo_encoding_preset(key, L=L, frequency_num=frequency_num), net_cfg
-    path = Path(encoder)
-    if path.suffix.lower() != ".json":
-        raise ConfigError(f"unknown encoder '{encoder}'", f"use one of {', '.join(GEO_ENCODERS)} or a JSON config file")
-    if not path.exists():
-        raise InputError(f"encoder config not found: {path}", "check the path")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})", "fix the JSON syntax") from exc
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path} must hold a JSON object", 'e.g. {"otype": "SphericalHarmonicsGeo", "legendre_polys": 20}')
+    cfg = read_encoder_file(encoder, GEO_ENCODERS, example='{"otype": "SphericalHarmonicsGeo", "legendre_polys": 20}')
     if "encoding" in cfg:
         return cfg["encoding"], cfg.get("network", net_cfg)
     return cfg, net_cfg

@@ -6,7 +6,6 @@ reconstruction at full resolution, an error map and a PSNR curve.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from fieldstudio.errors import ConfigError, InputError
 from fieldstudio.fields.image import IMAGE_PRESETS, PRESET_LR, ImageField, image_field_preset
 from fieldstudio.renderers.sampling import render_image
 
+from .config_files import read_encoder_file
 from .training import TrainState, load_checkpoint, make_adam, psnr_from_mse, train
 
 
@@ -33,17 +33,7 @@ def resolve_field_config(encoder: str, n_channels: int, size: tuple[int, int]) -
     """
     if encoder in IMAGE_PRESETS:
         return image_field_preset(encoder, n_channels, size), PRESET_LR[encoder]
-    path = Path(encoder)
-    if path.suffix.lower() != ".json":
-        raise ConfigError(f"unknown encoder '{encoder}'", f"use one of {', '.join(IMAGE_PRESETS)} or a path to a JSON config")
-    if not path.exists():
-        raise InputError(f"encoder config not found: {path}", "check the path")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})", "fix the JSON syntax") from exc
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path} must hold a JSON object", 'e.g. {"otype": "HashGrid"}')
+    cfg = read_encoder_file(encoder, IMAGE_PRESETS, example='{"otype": "HashGrid"}')
     lr = float(cfg.pop("learning_rate", 1e-2)) if "encoding" in cfg else 1e-2
     if "encoding" in cfg:
         field_cfg = {"n_channels": n_channels, **cfg}

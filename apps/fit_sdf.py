@@ -13,7 +13,6 @@ folder then holds, besides config/weights/metrics/history/log:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from fieldstudio.renderers.mesh_metrics import DEFAULT_TAUS, compare_meshes, gri
 from fieldstudio.renderers.surfaces import (default_camera, extract_mesh, render_ray_hits, render_sdf, sample_volume,
                                             side_by_side)
 
+from .config_files import read_encoder_file
 from .training import TrainState, load_checkpoint, make_adam, train
 
 TARGET_MESH = "target.ply"
@@ -52,17 +52,7 @@ def resolve_sdf_field_config(encoder: str, second_order: bool = False) -> tuple[
     if encoder.lower() in _LATER:
         raise ConfigError(f"--encoder {encoder} is not available for SDFs yet",
                           f"use one of {', '.join(SDF_PRESETS)} or a path to a JSON config")
-    path = Path(encoder)
-    if path.suffix.lower() != ".json":
-        raise ConfigError(f"unknown encoder '{encoder}'", f"use one of {', '.join(SDF_PRESETS)} or a path to a JSON config")
-    if not path.exists():
-        raise InputError(f"encoder config not found: {path}", "check the path")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})", "fix the JSON syntax") from exc
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path} must hold a JSON object", 'e.g. {"otype": "HashGrid"}')
+    cfg = read_encoder_file(encoder, SDF_PRESETS, example='{"otype": "HashGrid"}')
     preset = sdf_field_preset("hashgrid", second_order=second_order)
     if "encoding" in cfg:
         lr = float(cfg.pop("learning_rate", 1e-2))
