@@ -7,7 +7,8 @@
 
 After an untimed 2-step warm-up fit per encoder (64 px crop), for every image x encoder,
 `fit_image` (the code behind ``fieldstudio fit image``) trains the encoder's preset with its
-default learning rate into a run folder ``OUT/runs/<image>/<encoder>`` (replaced if it exists).
+default learning rate into a run folder ``OUT/runs/<image>/<encoder>`` (replaced if it exists;
+``--reuse`` keeps a finished one made with the same settings, to complete an interrupted run).
 Timings are wall clock: other load on the machine (recorded as load averages) inflates them.
 Collected per fit:
 
@@ -68,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                           f"quick {QUICK_OUT.relative_to(C.REPO_ROOT)})")
     p.add_argument("--images", default=None, help="comma-separated image names (file stems), default all PNGs in --data")
     p.add_argument("--crop", type=int, default=None, help=f"centre-crop every image to N x N (default none; quick {QUICK_CROP})")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep finished run folders in OUT/runs made with the same image, encoder, steps, batch, crop "
+                        "and device instead of refitting them (to complete an interrupted benchmark)")
     p.add_argument("--quick", action="store_true",
                    help=f"development settings: {QUICK_IMAGES} images, crop {QUICK_CROP}, {QUICK_STEPS} steps")
     args = p.parse_args(argv)
@@ -133,13 +137,28 @@ def _load() -> list[float] | None:
         return None
 
 
-def run_one(image: Path, encoder: str, args, run_dir: Path) -> dict[str, Any]:
-    from fieldstudio.apps.fit_image import fit_image
+def reusable(run_dir: Path, image: Path, encoder: str, args, device: str) -> bool:
+    """Whether ``run_dir`` holds a finished fit made with exactly these settings."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        (run_dir / "history.json").stat()
+    except (OSError, ValueError):
+        return False
+    train, data = cfg.get("train", {}), cfg.get("data", {})
+    return (train.get("encoder") == encoder and train.get("steps") == args.steps == metrics.get("steps")
+            and train.get("batch_size") == args.batch_size and data.get("crop") == args.crop
+            and data.get("source") == str(image.resolve()) and metrics.get("device") == device)
 
-    if run_dir.exists():  # fit_image refuses to overwrite a run; this folder is the benchmark's own
-        shutil.rmtree(run_dir)
-    metrics = fit_image(str(image), encoder=encoder, steps=args.steps, out=run_dir, batch_size=args.batch_size,
-                        crop=args.crop, device=args.device, progress=False)
+
+def run_one(image: Path, encoder: str, args, run_dir: Path, reuse: bool = False) -> dict[str, Any]:
+    if not reuse:
+        from fieldstudio.apps.fit_image import fit_image
+
+        if run_dir.exists():  # fit_image refuses to overwrite a run; this folder is the benchmark's own
+            shutil.rmtree(run_dir)
+        fit_image(str(image), encoder=encoder, steps=args.steps, out=run_dir, batch_size=args.batch_size,
+                  crop=args.crop, device=args.device, progress=False)
     history = json.loads((run_dir / "history.json").read_text())
     metrics_file = json.loads((run_dir / "metrics.json").read_text())
     curve = [{"step": h["step"], "seconds": h["seconds"], "psnr": h["psnr"]} for h in history if "psnr" in h]
@@ -151,7 +170,8 @@ def run_one(image: Path, encoder: str, args, run_dir: Path) -> dict[str, Any]:
         "steps": metrics_file["steps"], "lr": lr, "batch_size": metrics_file["batch_size"],
         "image_size": [metrics_file["image"]["height"], metrics_file["image"]["width"]],
         "final_curve_psnr": curve[-1]["psnr"] if curve else None,
-        "time_to_30db": hit, "run_dir": _rel(run_dir), "curve": curve,
+        "time_to_30db": hit, "run_dir": _rel(run_dir), "reused": reuse,
+        "load_average_after": None if reuse else _load(), "curve": curve,
     }
 
 
@@ -242,7 +262,7 @@ def plot(path: Path, per_image: dict[str, dict[str, dict]], means: dict[str, dic
             axes[1].plot(se, ps, color=color, lw=0.8, alpha=0.3)
         if m["mean_curve"]:
             st, se, ps = zip(*((p["step"], p["seconds"], p["psnr"]) for p in m["mean_curve"]))
-            label = f"{enc} (final {m['final_psnr']:.2f} dB)"
+            label = f"{enc} (full image after training: {m['final_psnr']:.2f} dB)"
             axes[0].plot(st, ps, color=color, lw=2.5, label=label)
             axes[1].plot(se, ps, color=color, lw=2.5, label=label)
     for ax, xlabel in zip(axes, ("step", "training wall time (s)")):
@@ -303,7 +323,7 @@ def main(argv=None) -> int:
     print(f"image_fit: {len(images)} images x {len(args.encoder_list)} encoders, {args.steps} steps, batch "
           f"{args.batch_size}, crop {args.crop or 'none'}, device {device}, {n} fits -> {_rel(args.out)}", flush=True)
 
-    warm_up(images[0], args.encoder_list, args)
+    warmed = False
     settings["load_average_at_start"] = _load()  # 1/5/15-min load: other processes on the machine skew timings
     per_image: dict[str, dict[str, dict]] = {}
     t0 = time.perf_counter()
@@ -313,9 +333,14 @@ def main(argv=None) -> int:
         for enc in args.encoder_list:
             k += 1
             try:
-                res = run_one(img, enc, args, args.out / "runs" / img.stem / enc)
+                run_dir = args.out / "runs" / img.stem / enc
+                reuse = args.reuse and reusable(run_dir, img, enc, args, str(device))
+                if not reuse and not warmed:
+                    warm_up(images[0], args.encoder_list, args)
+                    warmed = True
+                res = run_one(img, enc, args, run_dir, reuse)
                 hit = res["time_to_30db"]
-                print(f"[{k}/{n}] {img.stem} {enc}: PSNR {res['final_psnr']:.2f} dB, SSIM {res['final_ssim']:.4f}, "
+                print(f"[{k}/{n}] {img.stem} {enc}{' (reused)' if reuse else ''}: PSNR {res['final_psnr']:.2f} dB, SSIM {res['final_ssim']:.4f}, "
                       f"{res['seconds']:.1f} s, 30 dB " + (f"at step {hit['step']} ({hit['seconds']:.1f} s)" if hit
                                                            else "not reached"), flush=True)
             except FieldStudioError as exc:  # e.g. a diverged fit: record it, keep benchmarking the rest
