@@ -173,8 +173,14 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 lr: float | None = None, downscale: int = 1, device: str = "auto", seed: int = 0,
                 resume: bool = False, checkpoint_every: int = 500, eval_views: int | None = None,
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
-                render_step_size: float | None = None) -> dict[str, Any]:
+                render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
+                eval_every: int = 0, eval_every_views: int = 4) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
+
+    ``field_config`` overrides entries of the field's default config (e.g. a smaller
+    ``"encoding"``). With ``eval_every > 0`` the first ``eval_every_views`` test views are rendered
+    every that many steps and the PSNR is recorded as ``metrics["curve"]`` against steps and
+    training seconds (rendering time excluded).
 
     Returns the metrics written to metrics.json (test-view PSNR/SSIM, steps, seconds, memory, rays/s).
     """
@@ -204,7 +210,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         grid_resolution = 128 if dev.type == "cuda" else 64
 
     torch.manual_seed(seed)
-    fld = FIELDS[field]({}, backend=backend) if not resume else build_field(old["field"], backend=backend)
+    fld = FIELDS[field](field_config or {}, backend=backend) if not resume else build_field(old["field"], backend=backend)
     grid = OccupancyGrid(aabb, resolution=grid_resolution)
     model = SceneModel(fld, grid, aabb, step_size).to(dev)
     opt = make_adam(model.field, lr)
@@ -229,7 +235,16 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     def occ_eval_fn(x):
         return model.field.density(model.to_unit(x)) * step_size
 
+    curve = state.extra.setdefault("curve", [])
+
     def step_fn(step: int):
+        if eval_every and step and step % eval_every == 0 and not any(c["step"] == step for c in curve):
+            t_eval = time.perf_counter()
+            model.eval()
+            q = evaluate_views(model, ds, test_idx[:eval_every_views], save=0)
+            curve.append({"step": step, "seconds": round(state.seconds, 2), "psnr": q["psnr"], "views": q["views"]})
+            # the loop times the whole step_fn: take the rendering back out of the training time
+            state.seconds -= time.perf_counter() - t_eval
         model.train()
         torch.manual_seed(seed * 1_000_003 + step)  # grid jitter and stratified samples: reproducible on resume
         model.grid.update(step, occ_eval_fn, occ_thre=0.01, ema_decay=0.95, warmup_steps=256, n=16)
@@ -267,6 +282,8 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         "render_rays_per_second": quality["render_rays_per_second"],
         "occupied_fraction": round(float(model.grid.occupied_fraction()), 4),
         "peak_memory_mb": _peak_memory_mb(dev), "device": str(dev), "field": field,
+        "curve": curve + [{"step": state.step, "seconds": round(state.seconds, 2), "psnr": quality["psnr"],
+                           "views": quality["views"]}],
         "protocol": f"all {quality['views']} test views at {ds.width}x{ds.height}, composited on "
                     f"{ds.eval_background}, prediction clamped to [0,1], PSNR averaged over views",
     }

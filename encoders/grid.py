@@ -26,6 +26,7 @@ import torch
 
 from fieldstudio.config import Field, at_least, between
 from fieldstudio.errors import ConfigError
+from fieldstudio.kernels import cpu_kernels
 
 from .base import Encoding
 from .grid_layout import COHERENT_PRIMES, Level, grid_levels
@@ -263,6 +264,35 @@ class _GridLookup(torch.autograd.Function):
         return acc.t().reshape(-1), None, None, None
 
 
+_INTERP = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
+
+
+def _level_tensors(levels: list[Level]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The level layout as the C++ kernel reads it: float32 scales and int64 [L, 5] integers."""
+    scales = torch.tensor([lv.scale for lv in levels], dtype=torch.float32)
+    ints = torch.tensor([[lv.resolution, lv.size, lv.offset, int(lv.hashed), lv.dense_dims] for lv in levels],
+                        dtype=torch.int64)
+    return scales, ints
+
+
+class _GridKernel(torch.autograd.Function):
+    """The fused C++ lookup (`fieldstudio.kernels`), for inputs that need no gradient."""
+
+    @staticmethod
+    def forward(ctx, params, x, level_tensors, n_feats, interp, kernels):
+        scales, ints = level_tensors
+        ctx.save_for_backward(x)
+        ctx.meta = (scales, ints, n_feats, interp, kernels, params.numel())
+        return kernels.grid_forward(x, params.detach().contiguous(), scales, ints, n_feats, interp)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        scales, ints, n_feats, interp, kernels, numel = ctx.meta
+        grad = kernels.grid_backward(x, grad_out.contiguous(), numel, scales, ints, n_feats, interp)
+        return grad, None, None, None, None, None
+
+
 def grid_encode(x: torch.Tensor, params: torch.Tensor, levels: list[Level], n_feats: int,
                 interpolation: str) -> torch.Tensor:
     """Encode ``x`` ``[N, d]`` in [0, 1]^d with the flat table ``params``; returns ``[N, L*F]``.
@@ -271,6 +301,11 @@ def grid_encode(x: torch.Tensor, params: torch.Tensor, levels: list[Level], n_fe
     differentiable ops so that first and second derivatives come from autograd; otherwise the
     faster hand-written backward is used.
     """
+    if not x.requires_grad and x.device.type == "cpu" and x.shape[1] <= 4 and x.dtype in (torch.float32, torch.float64):
+        kernels = cpu_kernels()
+        if kernels is not None:
+            return _GridKernel.apply(params, x.contiguous().to(params.dtype), _level_tensors(levels), n_feats,
+                                     _INTERP[interpolation], kernels)
     corners = [_level_corners(x, lv, interpolation) for lv in levels]
     if x.requires_grad and interpolation != "Nearest":
         table = params.view(-1, n_feats)

@@ -1,0 +1,123 @@
+"""The fused C++ grid kernel against the PyTorch path it replaces (its twin and fallback)."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+import fieldstudio.encoders.grid as grid_mod
+import fieldstudio.kernels as kernels
+from fieldstudio.encoders import build_encoding
+
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="no C++ compiler: the kernels cannot be built here (the fallback is tested)")
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """A context in which the grid takes its PyTorch path."""
+    def use():
+        monkeypatch.setattr(grid_mod, "cpu_kernels", lambda: None)
+    return use
+
+
+@needs_compiler
+def test_kernels_build_here():
+    assert kernels.cpu_kernels() is not None, kernels.kernel_status()[1]
+
+
+def _points(n, d, gen):
+    x = torch.rand(n, d, generator=gen)
+    # the faces and corners of the unit cube, and points just outside it (corners wrap like the twin)
+    x[:8] = 0.0
+    x[8:16] = 1.0
+    x[16:24] = torch.rand(8, d, generator=gen) * 1.2 - 0.1
+    x[24:32] = 1.0 - 1e-7
+    return x
+
+
+@needs_compiler
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+@pytest.mark.parametrize("gtype", ["Hash", "Dense", "Tiled"])
+@pytest.mark.parametrize("interp", ["Linear", "Smoothstep", "Nearest"])
+@pytest.mark.parametrize("feats", [1, 2, 4])
+def test_kernel_matches_torch_path(d, gtype, interp, feats, torch_path):
+    gen = torch.Generator().manual_seed(d * 100 + feats)
+    # levels both dense (coarse) and hashed (fine) in the same grid; dense grids stay small
+    enc = build_encoding({"otype": "Grid", "type": gtype, "n_levels": 6 if gtype != "Dense" else 9 - d, "n_features_per_level": feats,
+                          "log2_hashmap_size": 10, "base_resolution": 3, "per_level_scale": 2.2 if gtype != "Dense" else 1.5,
+                          "interpolation": interp}, d)
+    if gtype == "Hash" and d > 1:
+        assert any(lv.hashed for lv in enc.levels) and not all(lv.hashed for lv in enc.levels)
+    with torch.no_grad():
+        enc.params.uniform_(-1, 1, generator=gen)
+    x = _points(700, d, gen)
+    g = torch.randn(700, enc.n_output_dims, generator=gen)
+    y_k = enc(x)
+    (gt_k,) = torch.autograd.grad(y_k, enc.params, g)
+    torch_path()
+    y_t = enc(x)
+    (gt_t,) = torch.autograd.grad(y_t, enc.params, g)
+    torch.testing.assert_close(y_k, y_t, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gt_k, gt_t, rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_kernel_float64_gradcheck():
+    enc = build_encoding({"otype": "HashGrid", "n_levels": 3, "log2_hashmap_size": 6, "base_resolution": 3,
+                          "per_level_scale": 2.0}, 3).double()
+    x = torch.rand(20, 3, dtype=torch.float64)
+    assert kernels.cpu_kernels() is not None
+    params = enc.params.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: grid_mod.grid_encode(x, p, enc.levels, 2, "Linear"), (params,))
+
+
+@needs_compiler
+def test_kernel_is_used_only_without_input_gradients(monkeypatch):
+    """Inputs that need gradients (SDF normals, eikonal) keep the differentiable PyTorch ops."""
+    calls = []
+    real = grid_mod._GridKernel.apply
+    monkeypatch.setattr(grid_mod._GridKernel, "apply", lambda *a: calls.append(1) or real(*a))
+    enc = build_encoding({"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 8}, 3)
+    enc(torch.rand(10, 3))
+    assert calls == [1]
+    x = torch.rand(10, 3, requires_grad=True)
+    (gx,) = torch.autograd.grad(enc(x).sum(), x)
+    assert calls == [1] and gx.shape == x.shape
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("FIELDSTUDIO_KERNELS", "torch")
+    kernels.reset_for_tests()
+    try:
+        assert kernels.cpu_kernels() is None
+        active, why = kernels.kernel_status()
+        assert not active and "FIELDSTUDIO_KERNELS" in why
+        enc = build_encoding({"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 8}, 2)
+        assert enc(torch.rand(5, 2)).shape == (5, 4)
+    finally:
+        kernels.reset_for_tests()
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def broken(*a, **k):
+        raise RuntimeError("Error building extension 'fieldstudio_cpu_kernels'")
+
+    monkeypatch.setenv("FIELDSTUDIO_KERNELS", "auto")
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: "/usr/bin/g++")
+    kernels.reset_for_tests()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernels.cpu_kernels() is None
+            assert kernels.cpu_kernels() is None  # decided once: no second build, no second warning
+        msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(msgs) == 1 and "PyTorch paths" in msgs[0] and "build failed" in msgs[0]
+        enc = build_encoding({"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 8}, 3)
+        assert torch.isfinite(enc(torch.rand(5, 3))).all()
+    finally:
+        kernels.reset_for_tests()
