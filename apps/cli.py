@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--field", default="ngp", choices=("ngp", "nerf"), help="Instant-NGP hash grid or MLP NeRF")
     rec.add_argument("--steps", type=int, default=2000)
     rec.add_argument("--out", default="runs/scene")
-    rec.add_argument("--target-samples", type=int, default=1 << 16, help="samples rendered per step (rays adapt)")
+    rec.add_argument("--target-samples", type=int, default=None,
+                     help="samples rendered per step, the ray count adapts (default 2^16 on GPU, 2^15 on CPU)")
     rec.add_argument("--lr", type=float, default=None)
     rec.add_argument("--downscale", type=int, default=1)
     rec.add_argument("--grid-resolution", type=int, default=None, help="occupancy grid cells per axis (128 on GPU, 64 on CPU)")

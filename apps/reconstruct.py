@@ -114,6 +114,32 @@ def load_scene_run(path: str | Path, device: str = "auto") -> tuple[SceneModel, 
     return model.to(pick_device(device)).eval(), cfg
 
 
+def scene_defaults(width: int, height: int, device: torch.device, field: str = "ngp") -> dict[str, Any]:
+    """Sizes that suit the images and the machine, used where the caller gives none.
+
+    A GPU gets instant-ngp's NeRF settings (T = 2^19, N_max = 2048, sqrt(3)/1024 steps, 2^16
+    samples a step). A CPU pays for every sample and every table entry, so it gets the grid and
+    the step the images can actually resolve: up to 400 px, N_max = 512 with T = 2^17 (a 12 MB
+    table that stays in cache) and sqrt(3)/512 steps (about a third of a pixel's footprint at
+    lego's distance), 2^15 samples a step; larger images N_max = 1024, T = 2^18.
+    """
+    from fieldstudio.fields.radiance import NGP_ENCODING, ngp_per_level_scale
+
+    cuda = device.type == "cuda"
+    small = max(width, height) <= 400
+    n_max, log2_t = (2048, 19) if cuda else ((512, 17) if small else (1024, 18))
+    out: dict[str, Any] = {
+        "render_step_size": math.sqrt(3) / (512 if (small and not cuda) else 1024),
+        "target_samples": 1 << (16 if cuda else 15),
+        "grid_resolution": 128 if cuda else 64,  # a 128^3 refresh is 2M field queries: seconds on a CPU
+        "field_config": {},
+    }
+    if field == "ngp" and not cuda:
+        out["field_config"] = {"encoding": {**NGP_ENCODING, "log2_hashmap_size": log2_t,
+                                            "per_level_scale": round(ngp_per_level_scale(n_max, 16, 16), 6)}}
+    return out
+
+
 def _lr_schedule(steps: int, warmup: int = 100):
     """Linear warm-up, then x0.33 at 50 %, 75 % and 90 % of the steps (nerfacc's NGP example)."""
     milestones = [int(steps * f) for f in (0.5, 0.75, 0.9)]
@@ -169,7 +195,7 @@ def evaluate_views(model: SceneModel, dataset: SceneDataset, views, out_dir: Pat
 
 
 def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "ngp", steps: int = 2000,
-                out: str | Path = "runs/scene", target_samples: int = 1 << 16, init_rays: int = 1 << 10,
+                out: str | Path = "runs/scene", target_samples: int | None = None, init_rays: int = 1 << 10,
                 lr: float | None = None, downscale: int = 1, device: str = "auto", seed: int = 0,
                 resume: bool = False, checkpoint_every: int = 500, eval_views: int | None = None,
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
@@ -204,10 +230,15 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     if eval_views is not None:
         test_idx = test_idx[:eval_views]
     aabb = ds.aabb.reshape(2, 3).float()
-    step_size = render_step_size or float(math.sqrt(3) * float((aabb[1] - aabb[0]).max()) / 1024)
+    auto = scene_defaults(ds.width, ds.height, dev, field)
+    extent = float((aabb[1] - aabb[0]).max())
+    step_size = render_step_size or float(auto["render_step_size"] * extent)
+    target_samples = target_samples or auto["target_samples"]
     lr = DEFAULT_LR[field] if lr is None else lr
-    if grid_resolution is None:  # a 128^3 refresh is 2M field queries: fine on a GPU, seconds on a CPU
-        grid_resolution = 128 if dev.type == "cuda" else 64
+    if grid_resolution is None:
+        grid_resolution = auto["grid_resolution"]
+    if field_config is None:
+        field_config = auto["field_config"]
 
     torch.manual_seed(seed)
     fld = FIELDS[field](field_config or {}, backend=backend) if not resume else build_field(old["field"], backend=backend)

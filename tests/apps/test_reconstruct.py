@@ -105,3 +105,38 @@ def test_bad_inputs(tmp_path, capsys):
 
         fit_image("camera", crop=16, steps=1, out=tmp_path / "img", progress=False, device="cpu")
         load_scene_run(tmp_path / "img")
+
+
+def test_cpu_and_gpu_defaults():
+    from fieldstudio.apps.reconstruct import scene_defaults
+    from fieldstudio.fields.radiance import NGP_ENCODING
+
+    gpu = scene_defaults(800, 800, torch.device("cuda"))
+    assert gpu["field_config"] == {} and gpu["target_samples"] == 1 << 16  # instant-ngp's paper config
+    assert gpu["render_step_size"] == pytest.approx(3 ** 0.5 / 1024)
+    cpu = scene_defaults(200, 200, torch.device("cpu"))
+    enc = cpu["field_config"]["encoding"]
+    assert enc["log2_hashmap_size"] == 17 and enc["n_levels"] == NGP_ENCODING["n_levels"]
+    finest = 16 * enc["per_level_scale"] ** 15
+    assert finest == pytest.approx(512, rel=1e-4)
+    assert scene_defaults(800, 600, torch.device("cpu"))["field_config"]["encoding"]["log2_hashmap_size"] == 18
+    assert scene_defaults(200, 200, torch.device("cpu"), field="nerf")["field_config"] == {}
+
+
+def test_psnr_curve_is_recorded(tmp_path):
+    m = reconstruct(None, steps=8, out=tmp_path / "c", eval_views=1, eval_every=4, eval_every_views=1, **SHORT)
+    steps = [c["step"] for c in m["curve"]]
+    assert steps == [4, 8] and all(np.isfinite(c["psnr"]) for c in m["curve"])
+    assert m["curve"][-1]["psnr"] == m["psnr"]
+    assert m["curve"][0]["seconds"] <= m["curve"][1]["seconds"]
+
+
+LEGO = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "nerf_lego_blender"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LEGO.exists(), reason=f"shared lego data not found at {LEGO}")
+def test_lego_reaches_30_db_on_cpu(tmp_path):
+    """The full benchmark run (about an hour on 2 busy cores): CPU defaults, 2500 steps."""
+    m = reconstruct(str(LEGO), steps=2500, out=tmp_path / "lego", progress=False, device="cpu")
+    assert m["psnr"] >= 30.0 and m["peak_memory_mb"] <= 4096
