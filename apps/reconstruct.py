@@ -173,7 +173,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 lr: float | None = None, downscale: int = 1, device: str = "auto", seed: int = 0,
                 resume: bool = False, checkpoint_every: int = 500, eval_views: int | None = None,
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
-                render_step_size: float | None = None) -> dict[str, Any]:
+                render_step_size: float | None = None, callback=None) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     Returns the metrics written to metrics.json (test-view PSNR/SSIM, steps, seconds, memory, rays/s).
@@ -254,7 +254,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     t0 = time.perf_counter()
     state = train(model, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
                   checkpoint_every=checkpoint_every, progress=progress, desc=f"reconstruct [{field}]",
-                  scheduler=_lr_schedule(steps))
+                  scheduler=_lr_schedule(steps), callback=callback)
     train_wall = time.perf_counter() - t0
     model.eval()
     quality = evaluate_views(model, ds, test_idx, out_dir=out, progress=progress)
