@@ -25,7 +25,7 @@ def check_upload(path: str | Path, allowed: tuple[str, ...], max_mb: float, what
     if not p.is_file():
         raise InputError(f"the uploaded {what} '{name}' did not arrive", "upload it again")
     if p.suffix.lower() not in allowed:
-        raise InputError(f"'{name}' is not a {what} file this tab reads", f"upload one of: {', '.join(allowed)}")
+        raise InputError(f"'{name}' is not a file type this tab reads", f"upload a {what}: one of {', '.join(allowed)}")
     size_mb = p.stat().st_size / 1e6
     if size_mb > max_mb:
         raise InputError(f"'{name}' is {size_mb:.1f} MB, over the {max_mb:g} MB upload limit",

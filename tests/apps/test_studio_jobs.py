@@ -1,0 +1,190 @@
+"""The studio's library side, without a browser: job manager, training-loop callback, budget, uploads."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zipfile
+
+import pytest
+import torch
+
+from fieldstudio.apps.budget import count_params, fit_to_budget
+from fieldstudio.apps.fit_image import fit_image
+from fieldstudio.apps.studio import common, tab_image
+from fieldstudio.apps.studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobManager, QueueFull
+from fieldstudio.apps.studio.uploads import IMAGE_TYPES, check_upload, extract_zip
+from fieldstudio.apps.training import TrainingStopped, TrainState, make_adam, train
+from fieldstudio.errors import ConfigError, InputError
+from fieldstudio.fields.image import ImageField, image_field_preset
+
+
+@pytest.fixture
+def manager():
+    m = JobManager(max_running=2, max_queued=2)
+    yield m
+    m.shutdown()
+
+
+def test_concurrency_limit_and_full_queue(manager):
+    release = threading.Event()
+    lock = threading.Lock()
+    now, peak = [0], [0]
+
+    def blocking(ctx):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        release.wait(10)
+        with lock:
+            now[0] -= 1
+        return "ok"
+
+    jobs = [manager.submit(blocking, kind="t", label=f"j{i}") for i in range(4)]
+    deadline = time.time() + 5
+    while sum(j.status == RUNNING for j in jobs) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # a third worker, if there were one, would have picked up a job by now
+    assert [j.status for j in jobs].count(RUNNING) == 2
+    assert [j.status for j in jobs].count(QUEUED) == 2
+    with pytest.raises(QueueFull, match=r"queue is full \(2 running, 2 waiting"):
+        manager.submit(blocking, kind="t", label="one too many")
+    release.set()
+    for j in jobs:
+        assert manager.wait(j.id, 10).status == DONE and j.result == "ok"
+    assert peak[0] == 2
+    manager.wait(manager.submit(lambda ctx: 1, kind="t", label="after").id, 10)  # room again
+
+
+def test_cancel_queued_job_never_runs(manager):
+    release = threading.Event()
+    ran = []
+    blockers = [manager.submit(lambda ctx: release.wait(10), kind="t", label="b") for _ in range(2)]
+    waiting = manager.submit(lambda ctx: ran.append(1), kind="t", label="w")
+    assert manager.cancel(waiting.id)
+    release.set()
+    for b in blockers:
+        manager.wait(b.id, 10)
+    time.sleep(0.1)
+    assert waiting.status == CANCELLED and not ran
+    assert not manager.cancel(waiting.id)  # already finished
+
+
+def test_cancel_running_fit_keeps_a_resumable_checkpoint(manager, tmp_path):
+    out = tmp_path / "run"
+    job = manager.submit(lambda ctx: fit_image("camera", crop=16, steps=100_000, out=out, progress=False,
+                                               checkpoint_every=100_000, callback=ctx.callback),
+                         kind="image", label="long", total=100_000, out=out)
+    deadline = time.time() + 30
+    while job.step < 25 and time.time() < deadline:
+        time.sleep(0.01)
+    assert job.status == RUNNING and job.history and job.eta_seconds is not None and job.eta_seconds > 0
+    manager.cancel(job.id)
+    manager.wait(job.id, 30)
+    assert job.status == CANCELLED
+    stopped = int(torch.load(out / "state.pt", weights_only=False)["step"])
+    assert 25 <= stopped < 100_000 and f"step {stopped}" in job.phase and str(out) in job.phase
+    m = fit_image(resume=True, steps=stopped + 10, out=out, progress=False)
+    assert m["steps"] == stopped + 10
+
+
+def test_failing_jobs_report_their_error(manager, tmp_path):
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    user_error = manager.submit(lambda ctx: fit_image(str(bad), steps=5, out=tmp_path / "r", progress=False),
+                                kind="image", label="corrupt")
+    manager.wait(user_error.id, 30)
+    assert user_error.status == FAILED and "corrupt.png" in user_error.error and "->" in user_error.error
+    assert user_error.traceback is None  # a user error is one line, not a bug
+
+    def buggy(ctx):
+        raise RuntimeError("boom")
+
+    bug = manager.wait(manager.submit(buggy, kind="t", label="bug").id, 10)
+    assert bug.status == FAILED and bug.error == "RuntimeError: boom" and "Traceback" in bug.traceback
+    assert "failed: RuntimeError: boom" in bug.describe()
+    # the workers survive failures
+    assert manager.wait(manager.submit(lambda ctx: 7, kind="t", label="next").id, 10).result == 7
+
+
+def test_train_callback_sees_records_and_stops_with_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    x, y = torch.rand(64, 2), torch.rand(64, 1)
+    opt = make_adam(net, 1e-2)
+    seen = []
+
+    def cb(step, rec):
+        seen.append((step, rec))
+        return step == 23
+
+    with pytest.raises(TrainingStopped, match="stopped at step 23") as info:
+        train(net, lambda s: (torch.mean((net(x) - y) ** 2), None), opt, steps=100, run_dir=tmp_path, config={},
+              state=TrainState(), checkpoint_every=1000, log_every=10, progress=False, callback=cb)
+    assert info.value.step == 23
+    assert [s for s, _ in seen] == list(range(1, 24))
+    assert [s for s, r in seen if r is not None] == [10, 20] and seen[9][1]["step"] == 10
+    assert torch.load(tmp_path / "state.pt", weights_only=False)["step"] == 23
+
+
+@pytest.mark.parametrize("preset,budget", [("hashgrid", 60_000), ("siren", 50_000), ("frequency", 20_000)])
+def test_budget_gives_the_largest_field_within_it(preset, budget):
+    cfg = image_field_preset(preset, 3, (512, 512))
+    out, n = fit_to_budget(cfg, budget, ImageField)
+    assert n <= budget and n == sum(p.numel() for p in ImageField(out).parameters())
+    knob_in = out["encoding"] if preset == "hashgrid" else out["network"]
+    key = "log2_hashmap_size" if preset == "hashgrid" else "n_neurons"
+    bigger = json.loads(json.dumps(out))
+    (bigger["encoding"] if preset == "hashgrid" else bigger["network"])[key] = knob_in[key] + 1
+    assert count_params(ImageField, bigger) > budget  # one step larger would not fit
+    with pytest.raises(ConfigError, match="too small"):
+        fit_to_budget(cfg, 10, ImageField)
+
+
+def test_uploads_are_checked(tmp_path):
+    ok = tmp_path / "a.png"
+    ok.write_bytes(b"x" * 2000)
+    assert check_upload(ok, IMAGE_TYPES, 1, "image") == ok
+    (tmp_path / "a.exe").write_bytes(b"1")
+    with pytest.raises(InputError, match="'a.exe' is not a file type this tab reads"):
+        check_upload(tmp_path / "a.exe", IMAGE_TYPES, 1, "image")
+    with pytest.raises(InputError, match="over the 0.001 MB upload limit"):
+        check_upload(ok, IMAGE_TYPES, 0.001, "image")
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(InputError, match="is empty"):
+        check_upload(tmp_path / "e.png", IMAGE_TYPES, 1, "image")
+
+    good = tmp_path / "scene.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr("lego/transforms_train.json", "{}")
+    assert extract_zip(good, tmp_path / "x", 10) == tmp_path / "x" / "lego"
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../outside.txt", "no")
+    with pytest.raises(InputError, match="unsafe path"):
+        extract_zip(evil, tmp_path / "y", 10)
+    assert not (tmp_path / "outside.txt").exists()
+    with pytest.raises(InputError, match="not a readable zip"):
+        extract_zip(ok, tmp_path / "z", 10)
+
+
+def test_image_race_checks_inputs_before_submitting(manager, tmp_path):
+    studio = common.Studio(manager, tmp_path, max_upload_mb=1)
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="corrupt.png"):
+        tab_image.start_race(studio, str(bad), None, ["hashgrid"], "", 10, 16, None)
+    with pytest.raises(ConfigError, match="0 encoders"):
+        tab_image.start_race(studio, None, "camera", [], "", 10, 16, None)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        tab_image.start_race(studio, None, "camera", [], "{oops", 10, 16, None)
+    assert manager.jobs() == []
+    ids = tab_image.start_race(studio, None, "camera", ["hashgrid"], '{"otype": "Frequency", "n_frequencies": 4}',
+                               15, 16, None)
+    for i in ids:
+        assert manager.wait(i, 60).status == DONE
+    view = tab_image.race_view(studio, ids)
+    assert [r[0] for r in view["rows"]] == ["hash grid", "custom"]
+    assert len(view["gallery"]) == 4 and all(p.endswith(".png") for p, _ in view["gallery"])
+    assert {row["encoder"] for row in view["curve"]} == {"hash grid", "custom"}
