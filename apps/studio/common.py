@@ -69,6 +69,53 @@ def read_metrics(out: Path | None) -> dict[str, Any]:
         return {}
 
 
+def named_copy(path: Path, name: str) -> Path:
+    """``path`` under a telling name in ``path.parent/downloads`` (a hard link where possible): every run
+    has a reconstruction.png, and a browser saving five of them should not call them all that."""
+    import shutil
+
+    dest = path.parent / "downloads" / name
+    dest.parent.mkdir(exist_ok=True)
+    dest.unlink(missing_ok=True)
+    try:
+        dest.hardlink_to(path)
+    except OSError:
+        shutil.copyfile(path, dest)
+    return dest
+
+
+def package_run(out: Path) -> Path:
+    """The run folder as ``downloads/<folder>.zip``: what `fieldstudio.load_run` and ``--resume`` read."""
+    import zipfile
+
+    dest = out / "downloads" / f"{out.name}.zip"
+    dest.parent.mkdir(exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(out.iterdir()):
+            if f.is_file():
+                zf.write(f, f"{out.name}/{f.name}")
+    tmp.replace(dest)
+    return dest
+
+
+def field_params(out: Path | None) -> int | None:
+    """Parameters of the field a run folder's config.json describes (counted without allocating)."""
+    cfg = None if out is None else out / "config.json"
+    if cfg is None or not cfg.exists():
+        return None
+    try:
+        import torch
+
+        from fieldstudio.runs import build_field
+
+        with torch.device("meta"):
+            fld = build_field(json.loads(cfg.read_text())["field"], backend="torch")
+        return sum(p.numel() for p in fld.parameters())
+    except Exception:  # a half-written or foreign config: the table just leaves the cell empty
+        return None
+
+
 def signature(jobs: list[Job]) -> tuple:
     """Changes whenever something the page shows about these jobs changes."""
     return tuple((j.id, j.status, j.step, len(j.history), tuple(sorted(j.outputs)), j.phase) for j in jobs)

@@ -50,6 +50,7 @@ class Job:
     error: str | None = None
     traceback: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # name -> file the page may show or offer
+    info: dict[str, Any] = field(default_factory=dict)  # what a tab caches about the job
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -230,4 +231,5 @@ class JobManager:
                 self._finish(job, FAILED, "")
             else:
                 job.result = result
-                self._finish(job, DONE, "finished")
+                # a phase the job set last (e.g. "test PSNR 28.6 dB") says more than "finished"
+                self._finish(job, DONE, "finished" if job.phase in ("starting", "training") else job.phase)

@@ -33,9 +33,13 @@ def image_job(ctx: JobContext, *, image: str, encoder: str, steps: int, crop: in
     ctx.set_phase("training")
     metrics = fit_image(image, encoder=encoder, steps=steps, out=out, crop=crop, budget=budget, progress=False,
                         checkpoint_every=max(50, steps // 4), callback=ctx.callback)
-    for name in ("reconstruction.png", "error.png", "psnr.png", "weights.safetensors", "config.json", "metrics.json"):
+    for name in ("reconstruction.png", "error.png", "psnr.png"):
         if (out / name).exists():
             ctx.add_output(name, out / name)
+    ctx.set_phase("packing the downloads")
+    ctx.add_output("png", common.named_copy(out / "reconstruction.png", f"{out.name}-reconstruction.png"))
+    ctx.add_output("run.zip", common.package_run(out))
+    ctx.set_phase(f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
     return metrics
 
 
@@ -89,14 +93,16 @@ def race_view(studio: common.Studio, ids: list[str]) -> dict[str, Any]:
     rows, gallery, files = [], [], []
     for j in jobs:
         m = common.read_metrics(j.out) if j.status == "done" else {}
+        if "params" not in j.info and j.out is not None and (j.out / "config.json").exists():
+            j.info["params"] = common.field_params(j.out)  # counted once, while it trains
         last = j.history[-1]["psnr"] if j.history and "psnr" in j.history[-1] else None
         rate = j.steps_per_second
-        rows.append([j.label, j.status, m.get("params", ""), j.step, common.fmt(rate, 1),
+        rows.append([j.label, j.status, m.get("params", j.info.get("params") or ""), j.step, common.fmt(rate, 1),
                      common.fmt(last), common.fmt(m.get("psnr")), common.fmt(m.get("ssim"), 4)])
         if "reconstruction.png" in j.outputs:
             gallery.append((j.outputs["reconstruction.png"], f"{j.label}: reconstruction"))
             gallery.append((j.outputs["error.png"], f"{j.label}: error x10"))
-        files += [j.outputs[k] for k in ("reconstruction.png", "weights.safetensors", "config.json") if k in j.outputs]
+        files += [j.outputs[k] for k in ("png", "run.zip") if k in j.outputs]
     return {"jobs": jobs, "curve": curve, "rows": rows, "gallery": gallery, "files": files}
 
 
@@ -133,7 +139,7 @@ def build(studio: common.Studio) -> None:
             table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, elem_id="image-table")
             gallery = gr.Gallery(label="reconstructions and error maps", columns=4, height=320,
                                  elem_id="image-gallery")
-            files = gr.File(label="downloads (PNG, checkpoint, config)", file_count="multiple", interactive=False,
+            files = gr.File(label="downloads (PNG; the run folder as a zip: checkpoint, config, metrics)", file_count="multiple", interactive=False,
                             elem_id="image-files")
     ids = gr.State([])
     seen = gr.State(None)

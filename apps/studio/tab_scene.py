@@ -113,7 +113,7 @@ def build(studio: common.Studio) -> None:
         with gr.Column(scale=2):
             cams = gr.Image(label="cameras", type="filepath", interactive=False)
             cam_text = gr.Textbox(label="scene summary", lines=6, interactive=False)
-            preview = gr.Image(label="test view: prediction | ground truth | depth", type="filepath",
+            preview = gr.Image(label="test view (training: the latest checkpoint; at the end: prediction | truth | depth)", type="filepath",
                                interactive=False)
             video = gr.Video(label="orbit", interactive=False)
             model = gr.Model3D(label="mesh", height=320)

@@ -188,3 +188,9 @@ def test_image_race_checks_inputs_before_submitting(manager, tmp_path):
     assert [r[0] for r in view["rows"]] == ["hash grid", "custom"]
     assert len(view["gallery"]) == 4 and all(p.endswith(".png") for p, _ in view["gallery"])
     assert {row["encoder"] for row in view["curve"]} == {"hash grid", "custom"}
+    assert [r[2] for r in view["rows"]] == [common.read_metrics(manager.get(i).out)["params"] for i in ids]
+    import zipfile as zf
+    for i, path in zip(ids, [f for f in view["files"] if f.endswith(".zip")]):
+        run = manager.get(i).out
+        assert {"config.json", "weights.safetensors", "state.pt"} <= {n.split("/")[-1] for n in zf.ZipFile(path).namelist()}
+        assert path.startswith(str(run))
