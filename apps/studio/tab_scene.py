@@ -35,7 +35,7 @@ def preview_cameras(studio: common.Studio, data: str | None) -> tuple[str, str]:
 
 
 def scene_job(ctx: JobContext, *, data: str | None, field: str, steps: int, target_samples: int, eval_views: int,
-              preview_every: int, out: Path) -> dict[str, Any]:
+              preview_every: int, out: Path, **options) -> dict[str, Any]:
     def callback(step: int, record):
         stop = ctx.callback(step, record)
         # checkpoints land on multiples of preview_every, so the run on disk is this very step
@@ -49,7 +49,8 @@ def scene_job(ctx: JobContext, *, data: str | None, field: str, steps: int, targ
 
     ctx.set_phase("loading the scene and training")
     metrics = reconstruct(data, field=field, steps=steps, out=out, target_samples=target_samples,
-                          eval_views=eval_views, checkpoint_every=preview_every, progress=False, callback=callback)
+                          eval_views=eval_views, checkpoint_every=preview_every, progress=False, callback=callback,
+                          **options)
     test = sorted(out.glob("test_*.png"))
     if test:
         ctx.add_output("preview", test[0])
@@ -60,7 +61,12 @@ def scene_job(ctx: JobContext, *, data: str | None, field: str, steps: int, targ
 
 def video_job(ctx: JobContext, *, run: Path, frames: int) -> dict[str, Any]:
     ctx.set_phase(f"rendering {frames} orbit frames")
-    info = render_video(run, path="orbit", frames=frames, out=run / "orbit.mp4", fps=24, depth=False, progress=False)
+    try:  # mp4 needs ffmpeg (the video extra); a GIF needs nothing
+        import imageio_ffmpeg  # noqa: F401
+        name = "orbit.mp4"
+    except ImportError:
+        name = "orbit.gif"
+    info = render_video(run, path="orbit", frames=frames, out=run / name, fps=24, depth=False, progress=False)
     ctx.add_output("video", info["outputs"][0])
     ctx.set_phase("video written")
     return info
@@ -172,7 +178,11 @@ def build(studio: common.Studio) -> None:
             return [gr.skip()] * 5 + [seen]
         outs = {k: v for j in js for k, v in j.outputs.items()}
         files = [outs[k] for k in ("weights.safetensors", "video", "mesh.ply", "mesh.glb") if k in outs]
-        return (common.status_lines(js), outs.get("preview", gr.skip()), outs.get("video", gr.skip()),
+        video = outs.get("video", "")
+        if video.endswith(".gif"):  # the video player wants mp4; a GIF plays in the image view
+            outs["preview"] = video
+        return (common.status_lines(js), outs.get("preview", gr.skip()),
+                video if video.endswith(".mp4") else gr.skip(),
                 outs.get("mesh.glb", gr.skip()), files or None, sig)
 
     show_cams.click(on_cameras, [upload], [message, cams, cam_text])

@@ -20,11 +20,11 @@ METRIC_KEYS = ("iou", "chamfer_l1", "normal_consistency", "f_score@0.005", "para
 
 
 def sdf_job(ctx: JobContext, *, mesh: str | None, encoder: str, steps: int, resolution: int, samples: int,
-            out: Path) -> dict[str, Any]:
+            out: Path, **options) -> dict[str, Any]:
     ctx.set_phase("sampling points and training")
+    options = {"metric_samples": 50_000, "preview_size": 256, **options}  # quicker than the CLI's defaults
     metrics = fit_sdf(mesh, encoder=encoder, steps=steps, out=out, resolution=resolution, n_samples=samples,
-                      metric_samples=50_000, preview_size=256, progress=False,
-                      checkpoint_every=max(50, steps // 4), callback=ctx.callback)
+                      progress=False, checkpoint_every=max(50, steps // 4), callback=ctx.callback, **options)
     ctx.set_phase("exporting the mesh")
     ctx.check()
     export_run_mesh(out, out / "mesh.glb", resolution=resolution)  # GLB: what the 3D viewer reads best

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import threading
 import time
 import zipfile
@@ -194,3 +195,72 @@ def test_image_race_checks_inputs_before_submitting(manager, tmp_path):
         run = manager.get(i).out
         assert {"config.json", "weights.safetensors", "state.pt"} <= {n.split("/")[-1] for n in zf.ZipFile(path).namelist()}
         assert path.startswith(str(run))
+
+
+def test_cli_app_rejects_bad_settings_with_one_line(capsys):
+    from fieldstudio.apps.cli import main
+
+    assert main(["app", "--max-jobs", "0"]) == 2
+    assert "--max-jobs must be at least 1" in capsys.readouterr().err
+    assert main(["app", "--port", "70000"]) == 2
+    assert "is not a TCP port" in capsys.readouterr().err
+
+
+def test_geo_and_sdf_jobs_call_their_pipelines(manager, tmp_path):
+    from fieldstudio.apps.studio import tab_geo, tab_sdf
+
+    studio = common.Studio(manager, tmp_path)
+    geo = manager.wait(tab_geo.start_fit(studio, None, "lon", "lat", "", "sh", "siren", 4, 30), 120)
+    assert geo.status == DONE, geo.error
+    assert geo.result["steps"] == 30 and 0.5 < geo.result["accuracy"] <= 1 and geo.outputs["map.png"].endswith("map.png")
+    sdf = manager.wait(manager.submit(lambda ctx: tab_sdf.sdf_job(ctx, mesh=None, encoder="hashgrid", steps=20,
+                                                                  resolution=32, samples=5_000,
+                                                                  out=tmp_path / "sdf", metric_samples=5_000,
+                                                                  iou_resolution=32, preview_size=48),
+                                      kind="sdf", label="sdf", total=20).id, 300)
+    assert sdf.status == DONE, sdf.error
+    import trimesh
+
+    glb = trimesh.load(sdf.outputs["mesh.glb"], force="mesh")
+    assert len(glb.faces) > 50 and 0 < sdf.result["iou"] <= 1
+    with pytest.raises(InputError, match="not a file type"):
+        tab_sdf.start_fit(studio, str(tmp_path / "sdf" / "metrics.json"), "", "hashgrid", 10, 64, 5000)
+
+
+def _scene_job(manager, out, steps):
+    from fieldstudio.apps.studio import tab_scene
+
+    job = manager.wait(manager.submit(
+        lambda ctx: tab_scene.scene_job(ctx, data=None, field="ngp", steps=steps, target_samples=4096, eval_views=1,
+                                        preview_every=steps // 2, out=out, grid_resolution=32, device="cpu"),
+        kind="scene", label="scene", total=steps, out=out).id, 600)
+    assert job.status == DONE, job.error
+    assert (out / "previews" / f"step{steps // 2:06d}" / "0000.png").exists()  # rendered while training
+    assert job.outputs["preview"].endswith("test_060.png") and job.phase.startswith("test PSNR")
+    return job
+
+
+@pytest.mark.slow
+def test_scene_job_renders_previews_while_training(manager, tmp_path):
+    # slow even at 10 steps: a barely trained field renders at ~100-300 rays/s on a CPU (about 80 s per
+    # 100 x 100 view on a loaded 2-core machine), and the job renders a preview and a test view
+    _scene_job(manager, tmp_path / "scene", steps=10)
+
+
+@pytest.mark.slow
+def test_scene_job_previews_while_training_then_video_and_mesh(manager, tmp_path):
+    from fieldstudio.apps.studio import tab_scene
+
+    out = tmp_path / "scene"
+    _scene_job(manager, out, steps=40)
+    video = manager.wait(manager.submit(lambda ctx: tab_scene.video_job(ctx, run=out, frames=2), kind="v",
+                                        label="v").id, 300)
+    assert video.status == DONE, video.error
+    assert Path(video.outputs["video"]).stat().st_size > 0
+    mesh = manager.wait(manager.submit(lambda ctx: tab_scene.mesh_job(ctx, run=out, resolution=32, threshold=1.0),
+                                       kind="m", label="m").id, 300)
+    assert mesh.status in (DONE, FAILED)
+    if mesh.status == FAILED:  # a 40-step field may hold no surface at that density; the message says so
+        assert "no surface at density" in mesh.error
+    else:
+        assert Path(mesh.outputs["mesh.ply"]).exists()
