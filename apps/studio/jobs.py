@@ -121,7 +121,7 @@ class JobContext:
             job._first_step_at = time.time()
         job.step = step
         if record is not None:
-            job.history = [*job.history, record]  # a new list: readers on other threads see whole lists
+            job.history.append(record)  # atomic under the GIL; readers copy before they iterate
         return job.cancel_requested
 
 

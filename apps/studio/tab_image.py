@@ -17,6 +17,7 @@ from .uploads import IMAGE_TYPES, check_upload
 
 TITLE = "Image"
 MAX_ENCODERS = 4
+MAX_CURVE_POINTS = 400
 CUSTOM = "custom (pasted tcnn JSON)"
 #: display names; an encoder added to IMAGE_PRESETS later shows under its own name
 LABELS = {"hashgrid": "hash grid", "siren": "SIREN", "frequency": "frequency (NeRF PE)", "neurbf": "NeuRBF",
@@ -85,11 +86,20 @@ def start_race(studio: common.Studio, upload: str | None, bundled: str | None, e
     return ids
 
 
+def thin(history: list[dict], keep: int = MAX_CURVE_POINTS) -> list[dict]:
+    """At most about ``keep`` records, evenly spaced, always with the latest: a long run logs every 10
+    steps, and the page redraws the whole curve every second."""
+    if len(history) <= keep:
+        return history
+    stride = -(-len(history) // keep)
+    return history[::stride] + ([history[-1]] if (len(history) - 1) % stride else [])
+
+
 def race_view(studio: common.Studio, ids: list[str]) -> dict[str, Any]:
     """Everything the tab shows about its jobs, as plain data (curves as rows, table rows, files)."""
     jobs = [j for j in (studio.manager.get(i) for i in ids) if j is not None]
     curve = [{"encoder": j.label, "step": h["step"], "seconds": h["seconds"], "psnr": h["psnr"]}
-             for j in jobs for h in j.history if "psnr" in h]
+             for j in jobs for h in thin(list(j.history)) if "psnr" in h]
     rows, gallery, files = [], [], []
     for j in jobs:
         m = common.read_metrics(j.out) if j.status == "done" else {}

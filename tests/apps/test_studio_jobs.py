@@ -264,3 +264,12 @@ def test_scene_job_previews_while_training_then_video_and_mesh(manager, tmp_path
         assert "no surface at density" in mesh.error
     else:
         assert Path(mesh.outputs["mesh.ply"]).exists()
+
+
+def test_long_curves_are_thinned_evenly_keeping_the_ends():
+    hist = [{"step": 10 * i, "psnr": float(i)} for i in range(1, 10_001)]
+    out = tab_image.thin(hist, keep=400)
+    assert 350 <= len(out) <= 401 and out[0] is hist[0] and out[-1] is hist[-1]
+    steps = [h["step"] for h in out]
+    assert steps == sorted(set(steps)) and max(b - a for a, b in zip(steps, steps[1:])) <= 10 * 25
+    assert tab_image.thin(hist[:50], keep=400) == hist[:50]
