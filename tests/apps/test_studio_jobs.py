@@ -273,3 +273,13 @@ def test_long_curves_are_thinned_evenly_keeping_the_ends():
     steps = [h["step"] for h in out]
     assert steps == sorted(set(steps)) and max(b - a for a, b in zip(steps, steps[1:])) <= 10 * 25
     assert tab_image.thin(hist[:50], keep=400) == hist[:50]
+
+
+def test_race_budget_reaches_fit_image(manager, tmp_path):
+    studio = common.Studio(manager, tmp_path)
+    (job_id,) = tab_image.start_race(studio, None, "camera", ["siren"], "", 3, 16, 20_000)
+    job = manager.wait(job_id, 60)
+    assert job.status == DONE, job.error
+    cfg = json.loads((job.out / "config.json").read_text())
+    assert cfg["train"]["budget"] == 20_000 and 15_000 < job.result["params"] <= 20_000  # SIREN is 199k unbudgeted
+    assert cfg["field"]["network"]["n_neurons"] < 256
