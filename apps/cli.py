@@ -25,7 +25,8 @@ def _cmd_fit_image(args) -> int:
 
     metrics = fit_image(args.image, encoder=args.encoder, steps=args.steps, out=args.out, batch_size=args.batch_size,
                         lr=args.lr, crop=args.crop, device=args.device, seed=args.seed, resume=args.resume,
-                        checkpoint_every=args.checkpoint_every, progress=not args.quiet, backend=args.backend)
+                        checkpoint_every=args.checkpoint_every, progress=not args.quiet, backend=args.backend,
+                        budget=args.budget)
     print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  {metrics['params']:,} params  "
           f"{metrics['steps']} steps in {metrics['seconds']:.1f} s  ->  {args.out}")
     return 0
@@ -88,6 +89,14 @@ def _cmd_export_mesh(args) -> int:
     return 0
 
 
+def _cmd_app(args) -> int:
+    from .studio.app import serve
+
+    serve(args.host, args.port, max_jobs=args.max_jobs, max_queued=args.max_queued,
+          max_upload_mb=args.max_upload_mb, workdir=args.workdir, share=args.share)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldstudio", description="Neural fields on any machine.")
     from fieldstudio import __version__
@@ -117,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--out", default="runs/image", help="run folder to write")
     img.add_argument("--batch-size", type=int, default=1 << 16, help="pixels per step (default 65536)")
     img.add_argument("--lr", type=float, default=None, help="learning rate (default per encoder)")
+    img.add_argument("--budget", type=int, default=None,
+                     help="resize the field to at most N parameters (hash table size, or network width)")
     img.add_argument("--crop", type=int, default=None, help="fit only the central N x N square")
     img.add_argument("--device", default="auto", help="auto | cpu | cuda")
     img.add_argument("--backend", default="auto", choices=("auto", "torch", "tcnn"), help="grid implementation")
@@ -238,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--device", default="auto")
     ren.add_argument("--quiet", action="store_true")
     ren.set_defaults(func=_cmd_render)
+
+    app = sub.add_parser("app", help="the Gradio studio in the browser (needs the app extra)",
+                         description="Serve the studio: fit, race and inspect fields in the browser. Long work runs "
+                                     "in background jobs; nothing is sent outside the machine.")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--max-jobs", type=int, default=2, help="jobs that run at once")
+    app.add_argument("--max-queued", type=int, default=8, help="jobs that may wait; more are refused")
+    app.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (and unpacked zip)")
+    app.add_argument("--workdir", default=None, help="folder for the runs (default: a new temporary folder)")
+    app.add_argument("--share", action="store_true", help="ask gradio for a public share link (off by default)")
+    app.set_defaults(func=_cmd_app)
     return p
 
 

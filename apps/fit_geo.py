@@ -191,7 +191,7 @@ def fit_geo(data: str | Path | None = None, *, lon: str = "lon", lat: str = "lat
             lr: float = 1e-3, weight_decay: float = 0.0, val_fraction: float = 0.2, seed: int = 0,
             n_points: int = DEFAULT_N_POINTS, out: str | Path = "runs/geo", device: str = "auto",
             resume: bool = False, checkpoint_every: int = 250, progress: bool = True, write_map: bool = True,
-            map_size: tuple[int, int] = MAP_SIZE) -> dict[str, Any]:
+            map_size: tuple[int, int] = MAP_SIZE, callback=None) -> dict[str, Any]:
     """Fit a location field to points (``data`` a CSV/GeoJSON path, or None for land/ocean) and write a run.
 
     ``task`` is ``classify``, ``regress`` or None (numbers other than 0/1 -> regress, else
@@ -304,7 +304,7 @@ def fit_geo(data: str | Path | None = None, *, lon: str = "lon", lat: str = "lat
     t_start = time.perf_counter()
     state = train(fld, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
                   checkpoint_every=checkpoint_every, progress=progress,
-                  desc=f"fit geo [{config['train']['encoder']} + {network}]", log=log_lines.append)
+                  desc=f"fit geo [{config['train']['encoder']} + {network}]", log=log_lines.append, callback=callback)
 
     val = evaluate(fld, points.lonlat[va_idx], y[va_idx], dev)
     trn = evaluate(fld, points.lonlat[tr_idx], y[tr_idx], dev)

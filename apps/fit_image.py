@@ -117,9 +117,11 @@ def _save_curve(path: Path, history: list[dict[str, float]], title: str) -> None
 def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int = 1000, out: str | Path = "runs/image",
               batch_size: int = 1 << 16, lr: float | None = None, crop: int | None = None, device: str = "auto",
               seed: int = 0, resume: bool = False, checkpoint_every: int = 250, progress: bool = True,
-              backend: str = "auto") -> dict[str, Any]:
+              backend: str = "auto", budget: int | None = None, callback=None) -> dict[str, Any]:
     """Fit ``image`` (a path, a bundled photo name, or None for the default photo) and write a run.
 
+    ``budget`` resizes the field to at most that many parameters (`fit_to_budget`).
+    ``callback(step, record) -> bool|None`` follows training and may stop it (see `train`).
     ``resume=True`` continues the run in ``out`` (image, field and settings come from its
     config.json; ``steps`` is the new total). Returns the metrics written to metrics.json.
     """
@@ -139,6 +141,10 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
         target, data = _load_target(image, crop)
         field_cfg, default_lr = resolve_field_config(encoder, data["channels"], (data["height"], data["width"]))
         lr = default_lr if lr is None else lr
+        if budget is not None:
+            from .budget import fit_to_budget
+
+            field_cfg, _ = fit_to_budget(field_cfg, budget, lambda c: ImageField(c, backend="torch"))
         if (out / runs.CONFIG).exists() and (out / runs.STATE).exists():
             raise InputError(f"{out} already holds a run", "pass --resume to continue it, or choose another --out")
 
@@ -148,7 +154,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
     config = {
         "format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "image",
         "field": fld.config, "data": data,
-        "train": {"encoder": encoder, "lr": lr, "batch_size": batch_size, "seed": seed, "steps": steps,
+        "train": {"encoder": encoder, "lr": lr, "batch_size": batch_size, "seed": seed, "steps": steps, "budget": budget,
                   "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15}},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +190,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
     t_start = time.perf_counter()
     state = train(fld, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
                   checkpoint_every=checkpoint_every, progress=progress,
-                  desc=f"fit image [{encoder if len(str(encoder)) < 20 else 'custom'}]", log=log_lines.append)
+                  desc=f"fit image [{encoder if len(str(encoder)) < 20 else 'custom'}]", log=log_lines.append, callback=callback)
     pred, quality = evaluate(fld, target, dev)
     _save_png(out / "reconstruction.png", pred)
     err = np.abs(pred - target).mean(axis=2, keepdims=True)

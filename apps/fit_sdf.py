@@ -165,7 +165,7 @@ def fit_sdf(mesh: str | Path | None = None, *, encoder: str = "hashgrid", steps:
             narrow_band: bool = True, iou_resolution: int = 128, metric_samples: int = 200_000,
             preview_size: int = 320, device: str = "auto", seed: int = 0, resume: bool = False,
             checkpoint_every: int = 250, progress: bool = True, backend: str = "auto",
-            lr_decay: float = 0.1) -> dict[str, Any]:
+            lr_decay: float = 0.1, callback=None) -> dict[str, Any]:
     """Fit ``mesh`` (a path, or None for the bundled default shape) and write a run folder.
 
     ``loss`` defaults to the preset's (`PRESET_LOSS`: MAPE, instant-ngp's, for grids; L1 for
@@ -271,7 +271,7 @@ def fit_sdf(mesh: str | Path | None = None, *, encoder: str = "hashgrid", steps:
     label = encoder if len(str(encoder)) < 20 else "custom"
     state = train(fld, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
                   checkpoint_every=checkpoint_every, progress=progress, desc=f"fit sdf [{label}]",
-                  scheduler=schedule, log=log_lines.append)
+                  scheduler=schedule, log=log_lines.append, callback=callback)
 
     pred, quality = evaluate_sdf(fld, target, oracle, resolution=resolution, narrow_band=narrow_band,
                                  iou_resolution=iou_resolution, n_samples=metric_samples, device=dev, seed=seed)

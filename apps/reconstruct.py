@@ -200,7 +200,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 resume: bool = False, checkpoint_every: int = 500, eval_views: int | None = None,
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
                 render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
-                eval_every: int = 0, eval_every_views: int = 4) -> dict[str, Any]:
+                eval_every: int = 0, eval_every_views: int = 4, callback=None) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     ``field_config`` overrides entries of the field's default config (e.g. a smaller
@@ -300,7 +300,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     t0 = time.perf_counter()
     state = train(model, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
                   checkpoint_every=checkpoint_every, progress=progress, desc=f"reconstruct [{field}]",
-                  scheduler=_lr_schedule(steps))
+                  scheduler=_lr_schedule(steps), callback=callback)
     train_wall = time.perf_counter() - t0
     model.eval()
     quality = evaluate_views(model, ds, test_idx, out_dir=out, progress=progress)

@@ -19,9 +19,21 @@ from typing import Any, Callable
 import torch
 
 from fieldstudio import runs
-from fieldstudio.errors import InputError, TrainingError
+from fieldstudio.errors import FieldStudioError, InputError, TrainingError
 
 StepFn = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]
+#: ``callback(step, record)`` after every step: ``record`` is the new history entry on logged
+#: steps and None between them (no host sync); returning True stops training at that step.
+Callback = Callable[[int, "dict[str, float] | None"], "bool | None"]
+
+
+class TrainingStopped(FieldStudioError):
+    """A callback asked the loop to stop; the checkpoint at ``step`` is saved and resumable."""
+
+    def __init__(self, step: int, run_dir: Path):
+        self.step, self.run_dir = step, run_dir
+        super().__init__(f"training stopped at step {step}; its checkpoint is kept in {run_dir}",
+                         "continue with --resume")
 
 
 @dataclass
@@ -72,8 +84,13 @@ def load_checkpoint(run_dir: Path, fld: torch.nn.Module, opt: torch.optim.Optimi
 def train(fld: torch.nn.Module, step_fn: StepFn, opt: torch.optim.Optimizer, *, steps: int, run_dir: Path,
           config: dict[str, Any], state: TrainState | None = None, checkpoint_every: int = 500,
           log_every: int = 10, progress: bool = True, desc: str = "fit",
-          scheduler: Callable[[int], float] | None = None, log: Callable[[str], None] | None = None) -> TrainState:
-    """Run ``steps`` optimisation steps in total (counting those already in ``state``)."""
+          scheduler: Callable[[int], float] | None = None, log: Callable[[str], None] | None = None,
+          callback: Callback | None = None) -> TrainState:
+    """Run ``steps`` optimisation steps in total (counting those already in ``state``).
+
+    ``callback`` (see `Callback`) lets a caller follow progress and stop early: the loop then
+    saves a checkpoint at the current step and raises `TrainingStopped`.
+    """
     from tqdm.auto import tqdm
 
     state = state or TrainState()
@@ -97,6 +114,7 @@ def train(fld: torch.nn.Module, step_fn: StepFn, opt: torch.optim.Optimizer, *, 
             state.step += 1
             pending_loss, pending_psnr = loss.detach(), (psnr.detach() if psnr is not None else None)
             check = state.step % log_every == 0 or state.step == steps or state.step % checkpoint_every == 0
+            rec = None
             if check:
                 loss_v = float(pending_loss)  # the only host sync of the step
                 if not math.isfinite(loss_v):
@@ -116,6 +134,11 @@ def train(fld: torch.nn.Module, step_fn: StepFn, opt: torch.optim.Optimizer, *, 
             if state.step % checkpoint_every == 0 or state.step == steps:
                 save_checkpoint(run_dir, fld, opt, state, config)
                 last_good = state.step
+            if callback is not None and callback(state.step, dict(rec) if rec else None) and state.step < steps:
+                if last_good != state.step and math.isfinite(float(pending_loss)):
+                    save_checkpoint(run_dir, fld, opt, state, config)
+                    last_good = state.step
+                raise TrainingStopped(last_good if last_good is not None else state.step, run_dir)
     finally:
         bar.close()
     if log:
