@@ -75,7 +75,14 @@ def _choose_folder(folders: dict[int, Path], downscale: int, root: Path) -> tupl
 
 
 def load_llff(path: str | Path, downscale: int = 1, forward_facing: bool | None = None, holdout: int = 8,
-              ndc_margin: float = 0.1, background: str = "random") -> SceneDataset:
+              ndc_margin: float = 0.1, background: str = "random", masks_as_alpha: bool = True) -> SceneDataset:
+    """Read an LLFF scene (``poses_bounds.npy`` + ``images_N/``, optional ``masks_N/``).
+
+    With object masks, RGB photos and a capture that surrounds the object, the masks become the
+    images' alpha (``masks_as_alpha``): the photos' background lies outside the scene box, where no
+    field can represent it, so the object is reconstructed alone -- trained on random backgrounds
+    and evaluated on white like the synthetic scenes.
+    """
     path = Path(path)
     file = path if path.is_file() else path / "poses_bounds.npy"
     folder = file.parent
@@ -175,6 +182,9 @@ def load_llff(path: str | Path, downscale: int = 1, forward_facing: bool | None 
             masks, _ = read_images(mpaths, [f"{mfolders[factor].name}/{p.name}" for p in mpaths], extra, mask=True)
             if masks.shape[1:] != images.shape[1:3]:
                 masks = None
+    if masks is not None and alpha is None and masks_as_alpha and not ff:
+        alpha = masks
+        info["alpha_from_masks"] = True
     splits = held_out_splits(len(arr), holdout) if holdout and holdout > 1 else \
         {s: torch.arange(len(arr)) for s in ("train", "val", "test")}
     return SceneDataset(images=images, alpha=alpha, masks=masks, cameras=cams, splits=splits, aabb=unit_aabb(),
