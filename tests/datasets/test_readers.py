@@ -206,6 +206,26 @@ def test_llff_surrounding_capture_and_conventions(tmp_path):
     torch.testing.assert_close(d1, d2, atol=1e-5, rtol=1e-5)
 
 
+def test_llff_masks_become_alpha_of_a_surrounding_capture(tmp_path):
+    from PIL import Image
+
+    eyes = [[4.0, 0.0, 1.0], [0.0, 4.0, 1.0], [-4.0, 0.0, 1.0]]
+    _llff(tmp_path, eyes, (0.0, 0.0, 0.0))
+    (tmp_path / "masks_2").mkdir()
+    masks = [(np.arange(H * W).reshape(H, W) % (7 + i) == 0).astype(np.uint8) * 255 for i in range(3)]
+    for i, m in enumerate(masks):
+        Image.fromarray(m).save(tmp_path / "masks_2" / f"IMG_{i:03d}.png")
+    ds = load_scene(tmp_path, holdout=0)
+    assert ds.has_alpha and ds.background == "random" and ds.eval_background == "white"
+    assert np.array_equal(ds.alpha.numpy(), np.stack(masks))
+    # where the mask is 0 the evaluation image is the white background, not the photo
+    img = ds.image(1, "white").numpy()
+    assert np.allclose(img[masks[1] == 0], 1.0)
+    from fieldstudio.datasets.llff import load_llff
+
+    assert not load_llff(tmp_path, holdout=0, masks_as_alpha=False).has_alpha
+
+
 def test_llff_frame_count_mismatch_names_the_files(tmp_path):
     _llff(tmp_path, [[0.0, -5.0, 0.0], [0.3, -5.0, 0.1], [-0.3, -5.0, -0.1]], (0, 0, 0), n_images=2)
     with pytest.raises(InputError, match=r"poses_bounds.npy holds 3 poses but images_2/ holds 2 images"):
