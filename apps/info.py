@@ -22,10 +22,19 @@ def collect_info() -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(0) if dev.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "grid_path": "tinycudann on CUDA tensors, PyTorch otherwise"
-        if optional_backends()["tinycudann"]["used"] else "PyTorch (vectorised gather + hand-written backward)",
+        "grid_path": _grid_path(),
         "backends": optional_backends(),
     }
+
+
+def _grid_path() -> str:
+    from fieldstudio.device import optional_backends
+    from fieldstudio.kernels import kernel_status
+
+    active, why = kernel_status()  # compiles the kernels on the first call in an environment
+    cpu = f"CPU: {why}, PyTorch where inputs need gradients (SDF)" if active else f"CPU: {why}"
+    gpu = "CUDA: tinycudann" if optional_backends()["tinycudann"]["used"] else "CUDA: PyTorch"
+    return f"{cpu}; {gpu}"
 
 
 def format_info(info: dict[str, Any]) -> str:
