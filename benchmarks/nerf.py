@@ -51,8 +51,11 @@ def plot(curve: list[dict], title: str, path: Path, target: float) -> None:
     steps = [c["step"] for c in curve]
     mins = [c["seconds"] / 60 for c in curve]
     psnr = [c["psnr"] for c in curve]
+    n_first = curve[0].get("views", "?") if curve else "?"
     for ax, xs, label in ((axes[0], steps, "training steps"), (axes[1], mins, "training minutes")):
-        ax.plot(xs, psnr, "o-")
+        ax.plot(xs[:-1], psnr[:-1], "o-", label=f"first {n_first} test views")
+        ax.plot(xs[-1:], psnr[-1:], "*", ms=12, label=f"all {curve[-1].get('views', '?')} test views")
+        ax.legend(loc="lower right", fontsize=8)
         ax.axhline(target, color="grey", ls="--", lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("test-view PSNR (dB)")
@@ -75,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--target", type=float, default=30.0, help="PSNR whose time-to is reported")
     ap.add_argument("--from-run", default=None, help="report this finished reconstruct run instead of training")
+    ap.add_argument("--note", default=None, help="a remark stored in the result (e.g. how the machine was shared)")
     ap.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     os.environ["FIELDSTUDIO_KERNELS"] = args.kernels  # read when the grid first runs
@@ -92,7 +96,10 @@ def main(argv=None) -> int:
     name = args.name or Path(args.data).name.replace("nerf_", "")
     out_dir = Path(args.out_dir)
     run_dir = Path(args.from_run) if args.from_run else out_dir / f"nerf_{name}_run"
-    machine = machine_info(args.device)
+    from fieldstudio.device import pick_device
+
+    device = str(pick_device(args.device))
+    machine = machine_info(device)
     if args.from_run:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     else:
@@ -117,9 +124,13 @@ def main(argv=None) -> int:
         "field": config["field"], "scene": {k: config["scene"][k] for k in ("render_step_size", "grid")},
         "train": config["train"],
     }
-    path = write_json(out_dir / f"nerf_{name}.json", result, args.device, machine)
+    if args.note:
+        result["remark"] = args.note
+    if args.from_run:
+        result["note"] = "reported from a finished run (--from-run); machine info is from the time of reporting"
+    path = write_json(out_dir / f"nerf_{name}.json", result, device, machine)
     plot(curve, f"{name}: {metrics['psnr']:.2f} dB after {metrics['steps']} steps, "
-                f"{metrics['seconds'] / 60:.1f} min ({machine['device_name']}, {machine['threads']} threads)",
+                f"{metrics['seconds'] / 60:.1f} min of training ({machine['device_name']})",
          path.with_suffix(".png"), args.target)
     print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "field", "train", "scene")}, indent=1))
     print(f"wrote {path} and {path.with_suffix('.png')}")
