@@ -131,12 +131,12 @@ def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: f
     train_steps = max(1, int(round(steps * (1 - finetune)))) if prune > 0 else steps
     _fit(field, s, frames, train_steps, lr, batch, used, shared + score_params + list(field.heads[s].parameters()),
          seed, f"video {s + 1}", progress, history)
-    masks = {name: layer.current_mask(attr).cpu() for name, layer, attr in masked_tensors(field)}
+    masks = {key: layer.current_mask(attr).cpu() for key, layer, attr in masked_tensors(field)}
     if prune > 0:
         masks = prune_new(field, masks, used, prune)
         set_mode(field, "fixed")
-        for name, layer, attr in masked_tensors(field):
-            getattr(layer, f"mask_{attr}").copy_(masks[name].to(getattr(layer, attr).device))
+        for key, layer, attr in masked_tensors(field):
+            getattr(layer, f"mask_{attr}").copy_(masks[key].to(getattr(layer, attr).device))
         ft_steps = steps - train_steps
         if ft_steps > 0:
             _fit(field, s, frames, ft_steps, lr * 0.5, batch, used, shared + list(field.heads[s].parameters()),

@@ -22,15 +22,15 @@ WIN, SIGMA = 11, 1.5
 def _window(channels: int, dtype, device) -> torch.Tensor:
     x = torch.arange(WIN, dtype=dtype, device=device) - WIN // 2
     g = torch.exp(-(x ** 2) / (2 * SIGMA ** 2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, WIN, WIN).contiguous()
+    return (g / g.sum()).expand(channels, 1, 1, WIN).contiguous()
 
 
 def _ssim_parts(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0):
     c = x.shape[1]
     w = _window(c, x.dtype, x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    blur = lambda z: F.conv2d(z, w, groups=c)  # noqa: E731
+    # the Gaussian is separable: two 1-D passes are ~10x faster than one 11 x 11 pass
+    blur = lambda z: F.conv2d(F.conv2d(z, w, groups=c), w.transpose(2, 3), groups=c)  # noqa: E731
     mx, my = blur(x), blur(y)
     sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     cs = (2 * sxy + c2) / (sxx + syy + c2)
@@ -82,8 +82,8 @@ def frame_metrics(decoded: np.ndarray, reference: np.ndarray) -> dict[str, list[
     psnr = [float("inf") if m == 0 else 10 * math.log10(255.0 ** 2 / m) for m in mse]
     ms = []
     for i in range(0, len(d), 16):
-        a = torch.from_numpy(d[i:i + 16] / 255.0).permute(0, 3, 1, 2)
-        b = torch.from_numpy(r[i:i + 16] / 255.0).permute(0, 3, 1, 2)
+        a = torch.from_numpy(d[i:i + 16] / 255.0).float().permute(0, 3, 1, 2)
+        b = torch.from_numpy(r[i:i + 16] / 255.0).float().permute(0, 3, 1, 2)
         ms += [float(v) for v in ms_ssim(a, b)]
     return {"psnr": psnr, "ms_ssim": ms}
 
