@@ -4,7 +4,8 @@ SSIM averages the valid part of the map (no padding), like scikit-image with
 ``gaussian_weights=True, use_sample_covariance=False``. MS-SSIM uses Wang et al.'s five scale
 weights, but only as many scales as the frame allows (the coarsest scale must still hold one
 11 x 11 window: 4 scales for 144 px frames); the weights of the scales used are renormalised to
-sum to one. The codec comparisons in this project all use these same functions.
+sum to one; scales combine per colour channel, then channels are averaged
+(as pytorch-msssim does). The codec comparisons in this project all use these same functions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _window(channels: int, dtype, device) -> torch.Tensor:
     return (g / g.sum()).expand(channels, 1, 1, WIN).contiguous()
 
 
-def _ssim_parts(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0):
+def _ssim_parts(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, per_channel: bool = False):
     c = x.shape[1]
     w = _window(c, x.dtype, x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
@@ -35,7 +36,8 @@ def _ssim_parts(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0):
     sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     cs = (2 * sxy + c2) / (sxx + syy + c2)
     ssim_map = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
-    return ssim_map.mean(dim=(1, 2, 3)), cs.mean(dim=(1, 2, 3))
+    dims = (2, 3) if per_channel else (1, 2, 3)
+    return ssim_map.mean(dim=dims), cs.mean(dim=dims)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -54,12 +56,13 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.
     weights = weights / weights.sum()
     values = []
     for i in range(levels):
-        s, cs = _ssim_parts(x, y, data_range)
+        s, cs = _ssim_parts(x, y, data_range, per_channel=True)
         values.append(torch.relu(s if i == levels - 1 else cs))
         if i < levels - 1:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    stack = torch.stack(values, dim=0)  # [levels, B]
-    return torch.prod(stack ** weights[:, None], dim=0)
+            pad = [d % 2 for d in x.shape[2:]]
+            x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
+    stack = torch.stack(values, dim=0)  # [levels, B, C]: combined per channel, then averaged over channels
+    return torch.prod(stack ** weights[:, None, None], dim=0).mean(dim=1)
 
 
 def video_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
