@@ -64,7 +64,7 @@ def _metrics_path(out: Path) -> Path:
 
 def compress(video: str | None = None, *, out: str = "clip.fsv", size: str | None = None, bpp: float | None = None,
              steps: int = 1500, max_frames: int | None = None, bits: int = 8, prune: float = 0.2,
-             capacity: float = 1.0, fso: bool = False, cam: bool = False, compare: bool = False, lr: float = 2e-3,
+             capacity: float = 1.0, fso: bool = False, cam: bool = False, compare: bool = False, lr: float = 1e-2,
              batch: int = 2, seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     from fieldstudio.fields.video import VideoField, count_params, size_config
 
@@ -119,7 +119,7 @@ def _check_settings(steps: int, bits: int, prune: float, capacity: float) -> Non
 
 
 def append(library: str, video: str | None, *, out: str | None = None, steps: int = 1500,
-           max_frames: int | None = None, prune: float = 0.2, capacity: float = 0.5, lr: float = 2e-3,
+           max_frames: int | None = None, prune: float = 0.2, capacity: float = 0.5, lr: float = 1e-2,
            batch: int = 2, seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """A new PFNR session: train ``video`` into the free (and reusable frozen) weights of ``library``."""
     from .video_train import train_session
@@ -243,7 +243,7 @@ def _add_training_flags(p, capacity: float) -> None:
     p.add_argument("--prune", type=float, default=0.2, help="share of new weights removed by magnitude (default 0.2)")
     p.add_argument("--capacity", type=float, default=capacity,
                    help=f"share of each layer's weights this video may use (PFNR subnetwork; default {capacity:g})")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate, cosine schedule with 10%% warm-up")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -105,7 +105,7 @@ def prune_new(field, masks: dict[str, torch.Tensor], used: dict[str, torch.Tenso
 
 
 def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: float = 24.0, steps: int = 1000,
-                  capacity: float = 1.0, prune: float = 0.2, finetune: float = 0.2, lr: float = 2e-3, batch: int = 2,
+                  capacity: float = 1.0, prune: float = 0.2, finetune: float = 0.2, lr: float = 1e-2, batch: int = 2,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Add ``frames_u8`` [T, H, W, 3] as a new session of ``lib``; returns its metrics and timings."""
