@@ -16,7 +16,9 @@ from fieldstudio.device import pick_device as resolve_device
 from fieldstudio.errors import InputError
 
 DEFAULT_CLIP = {"frames": 24, "height": 64, "width": 80}
-_MASK_BYTES_PER_WEIGHT = 0.06  # bit-packed masks after LZMA, measured on carphone runs (~0.5 bit/weight)
+# an estimate of the coded mask (about half a bit per weight); only used to size the network,
+# the bpp reported is always the file's own
+_MASK_BYTES_PER_WEIGHT = 0.06
 
 
 def parse_size(text: str) -> int:
@@ -135,12 +137,13 @@ def append(library: str, video: str | None, *, out: str | None = None, steps: in
     if frames.shape[1:3] != (h, w):
         raise InputError(f"{name} has {frames.shape[2]}x{frames.shape[1]} frames; the videos in {src.name} are {w}x{h}",
                          f"resize the video to {w}x{h} or start a new file with `fieldstudio video compress`")
-    before = [fsv_bytes for fsv_bytes in lib.chunks]
+    before = list(lib.chunks)
     free = sum(int((~u).sum()) for u in lib.used().values())
     r = train_session(lib, frames, name=name, fps=fps, steps=steps, capacity=capacity, prune=prune, lr=lr,
                       batch=batch, seed=seed, device=dev, progress=progress)
     lib.videos[-1]["capacity"] = capacity
-    assert lib.chunks[:len(before)] == before  # earlier sessions are carried over byte for byte
+    if lib.chunks[:len(before)] != before:  # earlier sessions must be carried over byte for byte
+        raise RuntimeError("an earlier session changed while appending")
     nbytes = lib.save(dst)
     t = frames.shape[0]
     return {"out": str(dst), "video": name, "session": len(lib.videos), "bytes": nbytes,
@@ -166,10 +169,10 @@ def decompress(path: str, out: str, *, video: int | None = None, device: str = "
         frames = to_uint8(lib.decode(j))
         if len(chosen) == 1:
             target = outp
-        else:
+        else:  # clip-1.mp4, clip-2.mp4 or frames/video_1/, frames/video_2/
             target = outp.with_name(f"{outp.stem}-{j + 1}{outp.suffix}") if is_file else outp / f"video_{j + 1}"
-        written += write_frames(frames, target, lib.videos[j].get("fps", 24.0))[:1] if is_file else \
-            [str(Path(write_frames(frames, target, lib.videos[j].get("fps", 24.0))[0]).parent)]
+        write_frames(frames, target, lib.videos[j].get("fps", 24.0))
+        written.append(str(target))
     return written
 
 
@@ -181,7 +184,7 @@ def info(path: str) -> dict[str, Any]:
     header, _ = fsv.read_header(data, p.name)
     from fieldstudio.fields.video import count_params
 
-    return {"file": str(p), "bytes": len(data), "format_version": fsv.FORMAT_VERSION, "bits": header["bits"],
+    return {"file": str(p), "bytes": len(data), "format_version": fsv.file_version(data), "bits": header["bits"],
             "params_per_video": count_params(header["field"]), "field": header["field"], "videos": header["videos"]}
 
 

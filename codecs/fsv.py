@@ -265,6 +265,10 @@ def _unframe(chunk: bytes, n: int) -> list[bytes]:
     return out
 
 
+def file_version(data: bytes) -> int:
+    return _PREFIX.unpack_from(data)[1]
+
+
 def read_header(data: bytes, name: str = "file") -> tuple[dict[str, Any], list[bytes]]:
     """Check magic, version and checksum; return the header and the session chunks."""
     fix = "the file is truncated or corrupted; encode the video again (or use an intact copy)"
