@@ -2,7 +2,7 @@
 
 Frames go in as 8-bit RGB and are coded as yuv420p (the usual setting of both codecs; odd sizes
 are padded by one pixel and cropped back). The rate is the size of the raw elementary stream
-(``-f h264`` / ``-f hevc``, no container) over T*H*W; the constant-rate factor is bisected to the
+(``-f h264`` / ``-f hevc``, no container, SEI metadata removed) over T*H*W; the constant-rate factor is bisected to the
 largest quality whose stream fits the target. Quality is measured on the decoded RGB frames with
 `fieldstudio.codecs.quality`, exactly as for the neural codec.
 """
@@ -22,11 +22,12 @@ from fieldstudio.errors import InputError
 
 from .quality import frame_metrics, summarize
 
-CODECS = {"x264": ("libx264", "h264", 51), "x265": ("libx265", "hevc", 51)}
+# (ffmpeg encoder, raw stream format, largest CRF, SEI NAL unit types)
+CODECS = {"x264": ("libx264", "h264", 51, "6"), "x265": ("libx265", "hevc", 51, "39|40")}
 
 
 def encode(frames: np.ndarray, codec: str, crf: float, preset: str = "medium") -> bytes:
-    lib, fmt, _ = CODECS[codec]
+    lib, fmt, _, sei = CODECS[codec]
     t, h, w, _ = frames.shape
     ph, pw = h + h % 2, w + w % 2
     cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
@@ -34,7 +35,9 @@ def encode(frames: np.ndarray, codec: str, crf: float, preset: str = "medium") -
            "-pix_fmt", "yuv420p"]
     if codec == "x265":
         cmd += ["-x265-params", "log-level=error"]
-    cmd += ["-f", fmt, "-"]
+    # the encoders' SEI messages (their settings as text: ~0.7 kB for x264, ~2.3 kB for x265) are
+    # not needed to decode and would dominate the stream of a small clip
+    cmd += ["-bsf:v", f"filter_units=remove_types={sei}", "-f", fmt, "-"]
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
     if proc.returncode != 0:
         raise InputError(f"ffmpeg {lib} failed: {proc.stderr.decode(errors='replace').strip()[:200]}",
@@ -43,7 +46,7 @@ def encode(frames: np.ndarray, codec: str, crf: float, preset: str = "medium") -
 
 
 def decode(stream: bytes, codec: str, shape: tuple[int, ...]) -> np.ndarray:
-    _, fmt, _ = CODECS[codec]
+    fmt = CODECS[codec][1]
     t, h, w, _ = shape
     ph, pw = h + h % 2, w + w % 2
     with tempfile.TemporaryDirectory() as tmp:
