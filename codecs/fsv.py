@@ -10,7 +10,8 @@ Chunk s holds session s alone:
 
 * the session's mask of every shared tensor, bit-packed (``numpy.packbits``),
 * the values of the weights that session s used *for the first time* (in its mask and in no
-  earlier one), quantised per channel to ``bits`` with a float32 (min, step) per channel,
+  earlier one), quantised per channel to ``bits`` with a float32 (min, step) per channel (output channels,
+  or input channels where output channels are short, or one range for small tensors),
 * its own output head, quantised the same way,
 
 each part LZMA2-coded (Python's ``lzma``, raw stream: no container overhead). Weights used by an
@@ -54,11 +55,20 @@ def _unpack(data: bytes) -> bytes:
     return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_FILTERS)
 
 
+_MIN_PER_CHANNEL = 256  # a channel's (min, step) costs 8 bytes: worth it only for enough weights
+
+
 def _channel_axis(shape: tuple[int, ...]) -> int | None:
-    """Output channels when each holds enough weights to pay for its (min, step); else inputs; else none."""
+    """Output channels (axis 0) when each holds enough weights; else input channels (axis 1); else one range.
+
+    The stem's last linear layer has thousands of short output rows (one per feature-map cell):
+    there the input axis keeps the per-channel ranges at a few dozen.
+    """
+    if len(shape) < 2:
+        return None
     n = int(np.prod(shape))
-    for axis in (0, 1)[:len(shape)]:
-        if len(shape) >= 2 and n // shape[axis] >= 32:
+    for axis in (0, 1):
+        if n // shape[axis] >= _MIN_PER_CHANNEL:
             return axis
     return None
 

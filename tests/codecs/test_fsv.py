@@ -30,10 +30,11 @@ def _library(bits=8):
 @pytest.mark.parametrize("bits", [4, 8, 12])
 def test_quantize_is_within_half_a_step_and_decodes_exactly(bits):
     torch.manual_seed(0)
-    w = torch.randn(40, 4, 3, 3)  # 36 weights per output channel: one (min, step) each
-    sel = torch.rand(40, 4, 3, 3) < 0.6
+    w = torch.randn(40, 32, 3, 3)  # 288 weights per output channel: one (min, step) each
+    sel = torch.rand(40, 32, 3, 3) < 0.6
     codes, stats, deq = quantize(w, sel, bits)
     assert codes.size == int(sel.sum()) and codes.max() <= 2 ** bits - 1
+    assert stats.shape == (40, 2)
     step = torch.from_numpy(stats[:, 1]).view(40, 1, 1, 1).expand_as(w)
     assert ((deq - w).abs()[sel] <= step[sel] / 2 + 1e-7).all()
     assert torch.equal(deq[~sel], w[~sel])  # untouched outside the selection
