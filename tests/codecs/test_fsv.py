@@ -131,3 +131,15 @@ def test_save_is_atomic_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch)
     with pytest.raises(OSError):
         lib.save(path)
     assert path.read_bytes() == old
+
+
+def test_quantisation_ranges_follow_the_tensor_shape():
+    torch.manual_seed(0)
+    for shape, n_ranges in (((64, 32, 3, 3), 64),   # conv: one range per output channel
+                            ((1584, 40), 40),        # stem rows are short: one range per input
+                            ((16, 4, 3, 3), 1),      # small tensor: one range
+                            ((50,), 1)):             # bias
+        w = torch.randn(shape)
+        codes, stats, deq = quantize(w, torch.ones(shape, dtype=torch.bool), 8)
+        assert stats.shape == (n_ranges, 2), shape
+        assert torch.equal(dequantize(codes, stats, torch.ones(shape, dtype=torch.bool), shape), deq)
