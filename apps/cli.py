@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_cameras_parser(sub)
 
+    from .video import add_parser as _add_video_parser
+
+    _add_video_parser(sub)
+
     fit = sub.add_parser("fit", help="fit a field to data")
     fit_sub = fit.add_subparsers(dest="what", metavar="WHAT")
     fit_sub.required = True

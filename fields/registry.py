@@ -12,9 +12,11 @@ def _field_classes() -> dict[str, type]:
     from .image import ImageField
     from .radiance import NGPRadianceField, VanillaNeRF
     from .sdf import SDFField
+    from .video import VideoField
 
     return {"imagefield": ImageField, "sdffield": SDFField, "geofield": GeoField,
-            "ngpradiancefield": NGPRadianceField, "vanillanerf": VanillaNeRF}
+            "ngpradiancefield": NGPRadianceField, "vanillanerf": VanillaNeRF,
+            "videofield": VideoField}
 
 
 def build_field(config: Mapping[str, Any], backend: str = "auto"):

@@ -1,0 +1,1 @@
+"""fieldstudio.codecs: neural video compression to ``.fsv`` files, quality metrics, and x264/x265 baselines."""
