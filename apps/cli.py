@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("image", nargs="?", default=None,
                      help="PNG/JPEG/TIFF/EXR file, or a bundled photo name (astronaut, camera, coffee, ...); default astronaut")
     img.add_argument("--encoder", default="hashgrid",
-                     help="hashgrid | frequency | siren | path/to/config.json (a tcnn encoding or {encoding, network})")
+                     help="hashgrid | frequency | siren | neurbf | neurbf-nosine | path/to/config.json "
+                          "(a tcnn encoding or {encoding, network})")
     img.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
     img.add_argument("--out", default="runs/image", help="run folder to write")
     img.add_argument("--batch-size", type=int, default=1 << 16, help="pixels per step (default 65536)")

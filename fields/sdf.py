@@ -20,9 +20,7 @@ import torch
 from torch import nn
 
 from fieldstudio.config import Field, parse_fields
-from fieldstudio.encoders import build_encoding
-
-from .networks import build_network
+from .budget import build_encoding_and_network
 
 _FIELDS = {
     "encoding": Field(dict),
@@ -40,8 +38,8 @@ class SDFField(nn.Module):
     def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
         super().__init__()
         self.cfg = parse_fields(config, _FIELDS, where="sdf field", ignore=("otype",))
-        self.encoding = build_encoding(self.cfg["encoding"], 3, backend=backend)
-        self.network = build_network(self.cfg["network"], self.encoding.n_output_dims, 1)
+        self.encoding, self.network = build_encoding_and_network(self.cfg["encoding"], self.cfg["network"], 3,
+                                                                 1, backend=backend)
         self.cfg["encoding"] = self.encoding.config
         self.cfg["network"] = self.network.config
 
