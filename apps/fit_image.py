@@ -21,7 +21,7 @@ from fieldstudio.fields.image import IMAGE_PRESETS, PRESET_LR, ImageField, image
 from fieldstudio.renderers.sampling import render_image
 
 from .config_files import read_encoder_file
-from .training import TrainState, load_checkpoint, make_adam, psnr_from_mse, train
+from .training import TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
 
 
 def resolve_field_config(encoder: str, n_channels: int, size: tuple[int, int]) -> tuple[dict[str, Any], float]:
@@ -169,7 +169,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
     fld = ImageField(field_cfg, backend=backend)
     init_info = None if resume else initialize_kernels(fld, target, seed)
     fld = fld.to(dev)
-    opt = make_adam(fld, lr)
+    opt = make_adam(fld, lr, param_groups=encoder_param_groups(fld, lr))
     config = {
         "format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "image",
         "field": fld.config, "data": data,

@@ -74,6 +74,8 @@ class NeuRBF(Encoding):
         "alpha": Field(float, 0.5, check=positive, doc="shape = cluster covariance / alpha at init"),
         "weight_init": Field(float, 1e-4, check=at_least(0), doc="kernel weights and bias start U(-v, v)"),
         "bias": Field(bool, True, doc="learnable bias on the concatenated features"),
+        # the official configs train kernel weights, grid and bias at half the network's rate
+        "lr_factor": Field(float, 0.5, check=positive, doc="learning rate of this encoder / the network's"),
     }
 
     def __init__(self, n_input_dims: int, config: Mapping[str, Any] | None = None):
@@ -122,6 +124,10 @@ class NeuRBF(Encoding):
     def params_per_kernel(self) -> int:
         d = self.n_input_dims
         return d + shape_size(self.cfg["shape"], d) + self.cfg["n_features"]
+
+    @property
+    def lr_factor(self) -> float:
+        return self.cfg["lr_factor"]
 
     @property
     def n_kernels(self) -> int:

@@ -151,7 +151,7 @@ class MLP(Network):
             raise ConfigError("network 'MLP': first_layer_frequencies needs at least one hidden layer",
                               "set n_hidden_layers >= 1 or first_layer_frequencies to null")
         if pair is not None:
-            m = torch.exp2(torch.linspace(math.log2(pair[0]), math.log2(pair[1]), c["n_neurons"]))
+            m = torch.exp2(torch.linspace(math.log2(pair[0]), math.log2(pair[1]), c["n_neurons"], dtype=torch.float64))
             self.register_buffer("first_freqs", m, persistent=False)
         else:
             self.first_freqs = None
