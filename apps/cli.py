@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sdf.add_argument("mesh", nargs="?", default=None,
                      help="OBJ / PLY / STL / OFF / GLB file; default: a procedural shape (ring, ball and stick)")
     sdf.add_argument("--encoder", default="hashgrid",
-                     help="hashgrid | siren | frequency | path/to/config.json (a tcnn encoding or {encoding, network})")
+                     help="hashgrid | siren | frequency | neurbf | path/to/config.json (a tcnn encoding or {encoding, network})")
     sdf.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
     sdf.add_argument("--out", default="runs/sdf", help="run folder to write")
     sdf.add_argument("--loss", default=None, choices=("mape", "l1"),

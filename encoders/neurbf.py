@@ -156,7 +156,7 @@ class NeuRBF(Encoding):
 
     @torch.no_grad()
     def initialize(self, points, weights, *, min_width: float | None = None, max_width: float | None = None,
-                   iters: int = 10, max_points: int = 1 << 20, seed: int = 0) -> dict[str, float]:
+                   iters: int = 10, max_points: int | None = None, seed: int = 0) -> dict[str, float]:
         """Place centres and shapes on weighted sample points ``[N, d]`` (see rbf_init.py).
 
         Widths are clipped to [min_width, max_width] per axis (defaults: 1/200 of the domain
@@ -183,7 +183,8 @@ class NeuRBF(Encoding):
         index = self.kernel_index()
         return {"seconds_kmeans": round(t1 - t0, 3), "seconds_index": round(time.perf_counter() - t1, 3),
                 "index_cells": index.res ** self.n_input_dims, "index_candidates": index.n_candidates,
-                "index_mean_candidates": round(index.mean_candidates, 2)}
+                "index_mean_candidates": round(index.mean_candidates, 2),
+                "index_tree_cells": round(index.overflow_fraction, 4)}
 
     def kernel_index(self) -> KernelIndex:
         """The lookup table, (re)built when the centres changed since it was made."""

@@ -7,8 +7,8 @@ kernel's shape is the weighted covariance of the points assigned to it divided b
 clipped to a sane width range and turned into the kernel's parameter (inverse covariance for the
 quadratic kernels, 1 / half-width for the N-linear tent), as the official code does.
 
-Memory stays bounded: at most ``max_points`` points take part (a uniform subsample keeps the
-weighted objective unbiased), assignments are k-d tree queries (never a points x kernels matrix),
+Memory and time stay bounded: at most ``max_points`` points take part (default 16 per kernel,
+at least 2^18; a uniform subsample keeps the weighted objective unbiased), assignments are k-d tree queries (never a points x kernels matrix),
 and the per-cluster sums are ``bincount``s.
 """
 
@@ -43,7 +43,7 @@ def surface_weights(sdf: np.ndarray, eps: float = 1e-4) -> np.ndarray:
 def _assign(tree_points: np.ndarray, x: np.ndarray) -> np.ndarray:
     from scipy.spatial import cKDTree
 
-    return cKDTree(tree_points).query(x, k=1)[1]
+    return cKDTree(tree_points).query(x, k=1, workers=-1)[1]
 
 
 def weighted_kmeans(x: np.ndarray, w: np.ndarray, k: int, iters: int = 10,
@@ -120,7 +120,7 @@ def shape_parameters(cov: np.ndarray, kernel: str, shape: str) -> np.ndarray:
 
 def init_kernels(points: np.ndarray, weights: np.ndarray, n_kernels: int, kernel: str, shape: str, *,
                  alpha: float, min_width: float, max_width: float, iters: int = 10,
-                 max_points: int = 1 << 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 max_points: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Centres ``[n_kernels, d]`` and shape parameters ``[n_kernels, P]`` fitted to weighted points."""
     rng = np.random.default_rng(seed)
     x = np.asarray(points, dtype=np.float64)
@@ -131,6 +131,8 @@ def init_kernels(points: np.ndarray, weights: np.ndarray, n_kernels: int, kernel
         raise ValueError("weights must be finite and non-negative")
     if len(x) < n_kernels:
         raise ValueError(f"{len(x)} points cannot place {n_kernels} kernels; give more points")
+    # 16 points per kernel (at least 2^18) pin a cluster's mean and covariance well enough
+    max_points = max(1 << 18, 16 * n_kernels) if max_points is None else max_points
     if len(x) > max_points:
         sel = rng.choice(len(x), size=max_points, replace=False)
         x, w = x[sel], w[sel]

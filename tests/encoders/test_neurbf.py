@@ -109,6 +109,20 @@ def test_grid_lookup_equals_brute_force(d, k, clustered):
     assert index.n_candidates < n  # not a scan over all kernels
 
 
+def test_lookup_stays_exact_when_kernels_hug_a_surface():
+    """Kernels packed on a sphere in 3D: cells overflow and the k-d tree answers, still exactly."""
+    gen = torch.Generator().manual_seed(5)
+    d = torch.randn(4000, 3, generator=gen, dtype=torch.float64)
+    centres = 0.5 + 0.3 * d / d.norm(dim=1, keepdim=True)
+    index = KernelIndex(centres, 8, torch.zeros(3), torch.ones(3), max_cells=1 << 12, max_candidates=16)
+    assert index.overflow_fraction > 0 or index.tree_only
+    x = torch.rand(3000, 3, generator=gen, dtype=torch.float64)
+    got, want = index.query(x, centres), knn_brute_force(x, centres, 8)
+    dg = (centres[got] - x[:, None]).norm(dim=-1).sort(1).values
+    dw = (centres[want] - x[:, None]).norm(dim=-1).sort(1).values
+    assert torch.allclose(dg, dw, rtol=0, atol=1e-12)
+
+
 def test_lookup_is_rebuilt_when_centres_move():
     enc = build_encoding({"otype": "NeuRBF", "n_kernels": 64, "trainable_kernels": True, "frequencies": None}, 2)
     x = torch.rand(500, 2)
