@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scene folder (Blender, instant-ngp/nerfstudio transforms.json, LLFF, COLMAP); default: the procedural scene")
     rec.add_argument("--format", default="auto", help="auto | blender | ngp | llff | colmap")
     rec.add_argument("--field", default="ngp", choices=("ngp", "nerf"), help="Instant-NGP hash grid or MLP NeRF")
+    rec.add_argument("--encoder", default="hashgrid", choices=("hashgrid", "neurbf"),
+                     help="position encoding of the ngp field; neurbf places its kernels after a short warm-up fit")
+    rec.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps before placing NeuRBF kernels")
     rec.add_argument("--steps", type=int, default=2000)
     rec.add_argument("--out", default="runs/scene")
     rec.add_argument("--target-samples", type=int, default=1 << 16, help="samples rendered per step (rays adapt)")
@@ -248,7 +251,7 @@ def _cmd_reconstruct(args) -> int:
                     target_samples=args.target_samples, lr=args.lr, downscale=args.downscale,
                     grid_resolution=args.grid_resolution, eval_views=args.eval_views, device=args.device,
                     backend=args.backend, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    progress=not args.quiet)
+                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps)
     print(f"test PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f} over {m['test_views']} views  {m['steps']} steps in "
           f"{m['seconds']:.1f} s  train {m['train_rays_per_second']:,.0f} rays/s  ->  {args.out}")
     return 0
