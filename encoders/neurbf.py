@@ -217,9 +217,4 @@ class NeuRBF(Encoding):
         return feat.reshape(*lead, self.n_output_dims)
 
 
-def resolve_budget(enc_cfg: Mapping[str, Any], reserved: int) -> dict[str, Any]:
-    """``enc_cfg`` with ``reserved_params`` set, for an ``n_kernels: "auto"`` NeuRBF config."""
-    return {**enc_cfg, "reserved_params": int(reserved)}
-
-
-__all__ = ["NeuRBF", "log_frequencies", "resolve_budget", "pack_symmetric"]
+__all__ = ["NeuRBF", "log_frequencies"]
