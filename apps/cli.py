@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("image", nargs="?", default=None,
                      help="PNG/JPEG/TIFF/EXR file, or a bundled photo name (astronaut, camera, coffee, ...); default astronaut")
     img.add_argument("--encoder", default="hashgrid",
-                     help="hashgrid | frequency | siren | path/to/config.json (a tcnn encoding or {encoding, network})")
+                     help="hashgrid | frequency | siren | neurbf | neurbf-nosine | path/to/config.json "
+                          "(a tcnn encoding or {encoding, network})")
     img.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
     img.add_argument("--out", default="runs/image", help="run folder to write")
     img.add_argument("--batch-size", type=int, default=1 << 16, help="pixels per step (default 65536)")
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sdf.add_argument("mesh", nargs="?", default=None,
                      help="OBJ / PLY / STL / OFF / GLB file; default: a procedural shape (ring, ball and stick)")
     sdf.add_argument("--encoder", default="hashgrid",
-                     help="hashgrid | siren | frequency | path/to/config.json (a tcnn encoding or {encoding, network})")
+                     help="hashgrid | siren | frequency | neurbf | path/to/config.json (a tcnn encoding or {encoding, network})")
     sdf.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
     sdf.add_argument("--out", default="runs/sdf", help="run folder to write")
     sdf.add_argument("--loss", default=None, choices=("mape", "l1"),
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scene folder (Blender, instant-ngp/nerfstudio transforms.json, LLFF, COLMAP); default: the procedural scene")
     rec.add_argument("--format", default="auto", help="auto | blender | ngp | llff | colmap")
     rec.add_argument("--field", default="ngp", choices=("ngp", "nerf"), help="Instant-NGP hash grid or MLP NeRF")
+    rec.add_argument("--encoder", default="hashgrid", choices=("hashgrid", "neurbf"),
+                     help="position encoding of the ngp field; neurbf places its kernels after a short warm-up fit")
+    rec.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps before placing NeuRBF kernels")
     rec.add_argument("--steps", type=int, default=2000)
     rec.add_argument("--out", default="runs/scene")
     rec.add_argument("--target-samples", type=int, default=None,
@@ -275,7 +279,7 @@ def _cmd_reconstruct(args) -> int:
                     target_samples=args.target_samples, lr=args.lr, downscale=args.downscale,
                     grid_resolution=args.grid_resolution, eval_views=args.eval_views, device=args.device,
                     backend=args.backend, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    progress=not args.quiet)
+                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps)
     print(f"test PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f} over {m['test_views']} views  {m['steps']} steps in "
           f"{m['seconds']:.1f} s  train {m['train_rays_per_second']:,.0f} rays/s  ->  {args.out}")
     return 0

@@ -21,7 +21,7 @@ from fieldstudio.fields.image import IMAGE_PRESETS, PRESET_LR, ImageField, image
 from fieldstudio.renderers.sampling import render_image
 
 from .config_files import read_encoder_file
-from .training import TrainState, load_checkpoint, make_adam, psnr_from_mse, train
+from .training import TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
 
 
 def resolve_field_config(encoder: str, n_channels: int, size: tuple[int, int]) -> tuple[dict[str, Any], float]:
@@ -55,6 +55,29 @@ def _load_target(image: str | None, crop: int | None) -> tuple[np.ndarray, dict[
         arr = center_crop(arr, crop)
     h, w, c = arr.shape
     return arr, {"source": source, "height": h, "width": w, "channels": c, "crop": crop}
+
+
+def initialize_kernels(fld: ImageField, target: np.ndarray, seed: int = 0) -> dict[str, Any] | None:
+    """Place an adaptive encoder's kernels on the image's edges (Sobel magnitude); None for others.
+
+    Kernels stay where they are on resume: the checkpoint holds them.
+    """
+    enc = fld.encoding
+    if not hasattr(enc, "initialize"):
+        return None
+    from fieldstudio.encoders.rbf_init import sobel_weights
+    from fieldstudio.renderers.sampling import pixel_centers
+
+    h, w, _ = target.shape
+    uv = pixel_centers(h, w).reshape(-1, 2).double()
+    if fld.cfg["input_range"] == "signed":
+        uv = uv * 2 - 1
+    # the narrowest kernel is 1/200 of a pixel, the widest a tenth of the image (official clipping)
+    extent = enc.cfg["bounds"][1] - enc.cfg["bounds"][0]
+    info = enc.initialize(uv, sobel_weights(target).reshape(-1), min_width=extent / max(h, w) / 200,
+                          max_width=extent / 10, seed=seed)
+    info["n_kernels"] = enc.n_kernels
+    return info
 
 
 def _ssim(pred: np.ndarray, target: np.ndarray) -> float:
@@ -149,8 +172,10 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
             raise InputError(f"{out} already holds a run", "pass --resume to continue it, or choose another --out")
 
     torch.manual_seed(seed)
-    fld = ImageField(field_cfg, backend=backend).to(dev)
-    opt = make_adam(fld, lr)
+    fld = ImageField(field_cfg, backend=backend)
+    init_info = None if resume else initialize_kernels(fld, target, seed)
+    fld = fld.to(dev)
+    opt = make_adam(fld, lr, param_groups=encoder_param_groups(fld, lr))
     config = {
         "format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "image",
         "field": fld.config, "data": data,
@@ -201,6 +226,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
         "psnr": quality["psnr"], "ssim": quality["ssim"], "params": n_params, "steps": state.step,
         "seconds": round(state.seconds, 3), "seconds_total": round(time.perf_counter() - t_start, 3),
         "encoder": encoder, "image": data, "device": str(dev), "batch_size": min(batch_size, n_pix),
+        **({"kernel_init": init_info} if init_info else {}),
         "psnr_protocol": "prediction clamped to [0,1], float, over all pixels and channels",
         "ssim_protocol": "skimage.metrics.structural_similarity, data_range=1, channel_axis=2",
     }

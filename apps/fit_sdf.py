@@ -32,13 +32,34 @@ from fieldstudio.renderers.surfaces import (default_camera, extract_mesh, render
                                             side_by_side)
 
 from .config_files import read_encoder_file
-from .training import TrainState, load_checkpoint, make_adam, train
+from .training import TrainState, encoder_param_groups, load_checkpoint, make_adam, train
 
 TARGET_MESH = "target.ply"
 MESH_OUT = "mesh.ply"
 PREVIEW = "preview.png"
 #: encoders that later releases add; named in the error so users know they are coming
-_LATER = ("neurbf",)
+_LATER: tuple[str, ...] = ()
+
+
+def initialize_kernels(fld: SDFField, pool, seed: int = 0) -> dict[str, Any] | None:
+    """Place an adaptive encoder's kernels where the samples are close to the surface.
+
+    Weights are 1 / (|sdf| + 1e-4) (NeuRBF's choice); kernels stay where they are on resume.
+    Returns the placement's timings, or None for encoders without kernels.
+    """
+    enc = fld.encoding
+    if not hasattr(enc, "initialize"):
+        return None
+    from fieldstudio.encoders.rbf_init import surface_weights
+
+    x = torch.from_numpy(pool.points).double()
+    if fld.cfg["input_range"] == "signed":
+        x = x * 2 - 1
+    extent = enc.cfg["bounds"][1] - enc.cfg["bounds"][0]
+    info = enc.initialize(x, surface_weights(pool.sdf), min_width=extent / 1024 / 200, max_width=extent / 10,
+                          seed=seed)
+    info["n_kernels"] = enc.n_kernels
+    return info
 
 
 def resolve_sdf_field_config(encoder: str, second_order: bool = False) -> tuple[dict[str, Any], float]:
@@ -212,13 +233,18 @@ def fit_sdf(mesh: str | Path | None = None, *, encoder: str = "hashgrid", steps:
                      f"{len(pool)} training points with ground truth in {sample_seconds:.1f} s; sign: {oracle.sign_method}")
 
     torch.manual_seed(seed)
-    fld = SDFField(field_cfg, backend=backend).to(dev)
+    fld = SDFField(field_cfg, backend=backend)
+    init_info = None if resume else initialize_kernels(fld, pool, seed)
+    if init_info:
+        log_lines.append(f"kernels placed near the surface: {init_info}")
+    fld = fld.to(dev)
     second_order = eikonal > 0 or normal_weight > 0
     enc_cfg = fld.encoding.config
     if second_order and enc_cfg.get("interpolation") == "Linear":
         log_lines.append("note: eikonal/normal losses with Linear grid interpolation: second derivatives in x are zero; "
                          "use \"interpolation\": \"Smoothstep\"")
-    opt = _make_adam(fld, lr)
+    groups = encoder_param_groups(fld, lr)
+    opt = make_adam(fld, lr, param_groups=groups) if groups else _make_adam(fld, lr)
     config = {
         "format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "sdf",
         "field": fld.config,
@@ -292,6 +318,7 @@ def fit_sdf(mesh: str | Path | None = None, *, encoder: str = "hashgrid", steps:
         "seconds_preview": round(preview_seconds, 3), "seconds_total": round(time.perf_counter() - t_start, 3),
         "extraction": quality["extraction"], "encoder": encoder, "loss": loss, "eikonal": eikonal,
         "normal_weight": normal_weight, "batch_size": bs, "device": str(dev), "mesh": report,
+        **({"kernel_init": init_info} if init_info else {}),
         "ground_truth": oracle.describe(), "final_loss": state.history[-1]["loss"] if state.history else None,
         "protocol": {
             "units": "unit cube (the mesh scaled so its longest side is 1 - 2*margin)",

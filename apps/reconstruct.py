@@ -31,7 +31,7 @@ from fieldstudio.renderers.occupancy import OccupancyGrid
 from fieldstudio.renderers.rays import Rays, dataset_image_rays, dataset_rays
 from fieldstudio.renderers.volume import march, rendering
 
-from .training import TrainState, load_checkpoint, make_adam, psnr_from_mse, train
+from .training import TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
 
 FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF}
 DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4}
@@ -200,7 +200,8 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 resume: bool = False, checkpoint_every: int = 500, eval_views: int | None = None,
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
                 render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
-                eval_every: int = 0, eval_every_views: int = 4, callback=None) -> dict[str, Any]:
+                eval_every: int = 0, eval_every_views: int = 4, callback=None, encoder: str = "hashgrid",
+                warmup_steps: int | None = None) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     ``field_config`` overrides entries of the field's default config (e.g. a smaller
@@ -209,6 +210,9 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     training seconds (rendering time excluded).
 
     Returns the metrics written to metrics.json (test-view PSNR/SSIM, steps, seconds, memory, rays/s).
+    ``encoder="neurbf"`` (Instant-NGP field only) first fits the default field for ``warmup_steps``
+    (default: a fifth of ``steps``, at most 300) into ``out/warmup``, places the kernels where it
+    is opaque and textured, then trains the NeuRBF field from scratch.
     """
     out = Path(out)
     dev = pick_device(device)
@@ -222,6 +226,11 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         raise InputError(f"{out} already holds a run", "pass --resume to continue it, or choose another --out")
     if field not in FIELDS:
         raise ConfigError(f"unknown radiance field '{field}'", f"use one of: {', '.join(FIELDS)}")
+    if encoder not in ("hashgrid", "neurbf"):
+        raise ConfigError(f"unknown encoder '{encoder}' for reconstruct", "use hashgrid or neurbf")
+    if encoder == "neurbf" and field != "ngp":
+        raise ConfigError(f"--encoder neurbf replaces the hash grid of the ngp field, not of '{field}'",
+                          "use --field ngp with --encoder neurbf")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}", "e.g. --steps 2000")
     ds = load_scene(data, format=format, downscale=downscale).to(dev)
@@ -240,18 +249,26 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     if field_config is None:
         field_config = auto["field_config"]
 
-    torch.manual_seed(seed)
-    fld = FIELDS[field](field_config or {}, backend=backend) if not resume else build_field(old["field"], backend=backend)
+    init_info = None
+    if resume:
+        fld = build_field(old["field"], backend=backend)
+    elif encoder == "neurbf":
+        fld, init_info = _neurbf_after_warmup(data, format, downscale, out, steps, warmup_steps, seed, device,
+                                              backend, grid_resolution, step_size, target_samples)
+    else:
+        torch.manual_seed(seed)
+        fld = FIELDS[field](field_config or {}, backend=backend)
     grid = OccupancyGrid(aabb, resolution=grid_resolution)
     model = SceneModel(fld, grid, aabb, step_size).to(dev)
-    opt = make_adam(model.field, lr)
+    opt = make_adam(model.field, lr, param_groups=encoder_param_groups(model.field, lr))
     config = {
         "format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "scene",
         "field": model.field.config, "weights_prefix": "field.",
         "scene": {"data": data, "format": ds.format, "downscale": downscale, "aabb": aabb.tolist(),
                   "render_step_size": step_size, "grid": {"aabb": aabb.reshape(-1).tolist(), "resolution": grid_resolution, "levels": 1},
                   "summary": ds.summary(), "normalization": ds.normalization.as_dict()},
-        "train": {"field": field, "lr": lr, "seed": seed, "steps": steps, "target_samples": target_samples,
+        "train": {"field": field, "encoder": encoder, "lr": lr, "seed": seed, "steps": steps,
+                  "target_samples": target_samples, **({"kernel_init": init_info} if init_info else {}),
                   "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15},
                   "schedule": "linear warm-up 100 steps, x0.33 at 50/75/90 %"},
     }
@@ -323,6 +340,27 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         f.write(f"reconstruct: {state.step} steps, {state.seconds:.1f} s, test PSNR {metrics['psnr']:.2f} dB, "
                 f"SSIM {metrics['ssim']:.4f}\n")
     return metrics
+
+
+def _neurbf_after_warmup(data, format, downscale, out: Path, steps: int, warmup_steps: int | None, seed: int,
+                         device: str, backend: str, grid_resolution: int, step_size: float, target_samples: int):
+    """Warm-up Instant-NGP fit, then a NeuRBF field with kernels placed from it."""
+    from .scene_kernels import neurbf_radiance_config, placement_weights
+
+    warm = max(1, min(300, steps // 5)) if warmup_steps is None else warmup_steps
+    t0 = time.perf_counter()
+    reconstruct(data, format=format, field="ngp", steps=warm, out=out / "warmup", downscale=downscale, device=device,
+                seed=seed, eval_views=1, progress=False, backend=backend, grid_resolution=grid_resolution,
+                target_samples=target_samples, checkpoint_every=max(warm, 1))
+    warm_model, _ = load_scene_run(out / "warmup", device=device)
+    torch.manual_seed(seed)
+    fld = NGPRadianceField(neurbf_radiance_config(), backend=backend)
+    # at least four grid points per kernel
+    res = max(48, math.ceil((4 * fld.encoding.n_kernels) ** (1 / 3)))
+    pts, weights = placement_weights(warm_model.field, step_size, resolution=res)
+    info = fld.encoding.initialize(pts, weights, min_width=1 / res / 200, max_width=0.1, seed=seed)
+    info.update(warmup_steps=warm, warmup_seconds=round(time.perf_counter() - t0, 3), n_kernels=fld.encoding.n_kernels)
+    return fld, info
 
 
 def _peak_memory_mb(dev: torch.device) -> float:

@@ -50,6 +50,18 @@ def make_adam(module: torch.nn.Module, lr: float, param_groups: list[dict] | Non
     return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.99), eps=1e-15)
 
 
+def encoder_param_groups(fld: torch.nn.Module, lr: float) -> list[dict] | None:
+    """Separate rates when the field's encoder asks for its own (``encoding.lr_factor``), else None."""
+    enc = getattr(fld, "encoding", None)
+    factor = getattr(enc, "lr_factor", None)
+    if enc is None or factor is None or factor == 1.0:
+        return None
+    enc_ids = {id(p) for p in enc.parameters()}
+    rest = [p for p in fld.parameters() if p.requires_grad and id(p) not in enc_ids]
+    mine = [p for p in enc.parameters() if p.requires_grad]
+    return [{"params": rest}, {"params": mine, "lr": lr * factor}]
+
+
 def psnr_from_mse(mse: float) -> float:
     return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
 

@@ -20,6 +20,7 @@ _MODULES = (
     "grid",
     "spherical_harmonics",
     "geo",
+    "neurbf",
 )
 _loaded = False
 

@@ -130,6 +130,12 @@ class MLP(Network):
         # (ordinary backpropagation, ordinary Xavier init).
         "feedback_alignment": Field(bool, False, doc="accepted for tcnn compatibility; ignored"),
         "bias": Field(bool, False, doc="add bias vectors (tcnn has none)"),
+        # NeuRBF's multi-frequency composition on the first layer (fieldstudio only): the first
+        # hidden layer becomes h + sin(m' * h), m' log-spaced over its units, in place of the activation
+        "first_layer_frequencies": Field((list, type(None)), None, check=lambda v: None if v is None or (
+            isinstance(v, list) and len(v) == 2 and all(isinstance(a, (int, float)) and a > 0 for a in v))
+            else "must be [m_min, m_max] (two positive numbers) or null",
+            doc="[m_min, m_max]: first hidden layer h + sin(m' * h) instead of its activation"),
     }
 
     def __init__(self, n_input_dims: int, n_output_dims: int, config: Mapping[str, Any] | None = None):
@@ -140,6 +146,15 @@ class MLP(Network):
             nn.Linear(w_in, w_out, bias=c["bias"]) for w_in, w_out in zip(widths[:-1], widths[1:]))
         self.activation = Activation(c["activation"])
         self.output_activation = Activation(c["output_activation"])
+        pair = c["first_layer_frequencies"]
+        if pair is not None and c["n_hidden_layers"] < 1:
+            raise ConfigError("network 'MLP': first_layer_frequencies needs at least one hidden layer",
+                              "set n_hidden_layers >= 1 or first_layer_frequencies to null")
+        if pair is not None:
+            m = torch.exp2(torch.linspace(math.log2(pair[0]), math.log2(pair[1]), c["n_neurons"], dtype=torch.float64))
+            self.register_buffer("first_freqs", m, persistent=False)
+        else:
+            self.first_freqs = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -162,8 +177,12 @@ class MLP(Network):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         *hidden, last = self.layers
-        for layer in hidden:
-            x = self.activation(layer(x))
+        for i, layer in enumerate(hidden):
+            h = layer(x)
+            if i == 0 and self.first_freqs is not None:
+                x = h + torch.sin(h * self.first_freqs.to(h.dtype))
+            else:
+                x = self.activation(h)
         return self.output_activation(last(x))
 
 

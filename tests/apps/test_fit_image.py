@@ -152,3 +152,15 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "r").mkdir()
     with pytest.raises(InputError, match="run config not found"):
         runs.load_run(tmp_path / "r")
+
+
+def test_neurbf_fit_places_kernels_on_edges_and_resumes(tmp_path):
+    m = fit_image("camera", encoder="neurbf", crop=64, steps=30, out=tmp_path / "r", progress=False, device="cpu",
+                  checkpoint_every=10)
+    ref = fit_image("camera", encoder="hashgrid", crop=64, steps=1, out=tmp_path / "h", progress=False, device="cpu")
+    assert ref["params"] - 37 < m["params"] <= ref["params"]  # iso-parameter (37 parameters per kernel)
+    assert m["kernel_init"]["n_kernels"] > 100 and m["psnr"] > 20.0, m
+    run = fieldstudio.load_run(tmp_path / "r")
+    assert run.field.encoding.otype == "NeuRBF"
+    m2 = fit_image(None, steps=40, out=tmp_path / "r", resume=True, progress=False, device="cpu")
+    assert m2["steps"] == 40 and m2["psnr"] >= m["psnr"] - 0.5

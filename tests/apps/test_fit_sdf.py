@@ -162,7 +162,6 @@ def _bad_files(tmp_path):
     (["empty.obj"], "no geometry"),
     (["cloud.ply"], "point cloud (30 points, no faces)"),
     (["flat.obj"], "all 2 faces are degenerate"),
-    (["--encoder", "neurbf"], "--encoder neurbf is not available for SDFs yet"),
     (["--encoder", "hashgird"], "unknown encoder 'hashgird'"),
     (["--steps", "0"], "--steps must be at least 1"),
 ])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import fieldstudio
 from fieldstudio import runs
 from fieldstudio.apps.cli import main
 from fieldstudio.apps.reconstruct import load_scene_run, reconstruct
@@ -140,3 +141,48 @@ def test_lego_reaches_30_db_on_cpu(tmp_path):
     """The full benchmark run (about an hour on 2 busy cores): CPU defaults, 2500 steps."""
     m = reconstruct(str(LEGO), steps=2500, out=tmp_path / "lego", progress=False, device="cpu")
     assert m["psnr"] >= 30.0 and m["peak_memory_mb"] <= 4096
+
+
+# --- NeuRBF position encoding -------------------------------------------------------------------
+
+def test_neurbf_radiance_field_is_iso_parameter():
+    from fieldstudio.apps.scene_kernels import neurbf_radiance_config
+    from fieldstudio.fields.radiance import NGPRadianceField
+
+    ref = sum(p.numel() for p in NGPRadianceField({}, backend="torch").parameters())
+    fld = NGPRadianceField(neurbf_radiance_config(), backend="torch")
+    total = sum(p.numel() for p in fld.parameters())
+    assert ref - fld.encoding.params_per_kernel < total <= ref
+
+
+class _Blob(torch.nn.Module):
+    """Opaque ball of radius 0.2 with a striped feature inside; empty elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def channels(self, x):
+        inside = ((x - 0.5).norm(dim=-1) < 0.2).float()
+        feat = torch.stack([torch.zeros_like(inside), torch.sin(40 * x[:, 0]) * inside, inside], -1)
+        return {"density": 50.0 * inside, "feature": feat}
+
+
+def test_placement_weights_are_opacity_times_feature_gradient():
+    from fieldstudio.apps.scene_kernels import placement_weights
+
+    pts, w = placement_weights(_Blob(), step_size=1e-2, resolution=24)
+    r = np.linalg.norm(pts - 0.5, axis=1)
+    assert w[r > 0.25].max() == 0.0  # no opacity, no weight
+    assert (w[r < 0.18] > 0).mean() > 0.9  # opaque and textured
+
+
+@pytest.mark.slow
+def test_reconstruct_with_neurbf_runs_and_reopens(tmp_path):
+    out = tmp_path / "rbf"
+    m = reconstruct(None, steps=30, out=out, eval_views=1, encoder="neurbf", warmup_steps=10, **SHORT)
+    assert np.isfinite(m["psnr"]) and m["steps"] == 30
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["field"]["encoding"]["otype"] == "NeuRBF" and cfg["train"]["kernel_init"]["n_kernels"] > 0
+    run = fieldstudio.load_run(out)
+    assert run.field.encoding.otype == "NeuRBF"

@@ -167,7 +167,8 @@ def test_tcnn_configs_build_unchanged(config):
 def test_defaults_are_tcnn_defaults():
     net = build_network({"otype": "CutlassMLP"}, 3, 1)
     assert net.config == {"otype": "CutlassMLP", "n_neurons": 128, "n_hidden_layers": 5, "activation": "ReLU",
-                          "output_activation": "None", "feedback_alignment": False, "bias": False}
+                          "output_activation": "None", "feedback_alignment": False, "bias": False,
+                          "first_layer_frequencies": None}
     assert build_network({}, 3, 1).config["otype"] == "MLP"  # tcnn: a missing otype means "MLP"
 
 
