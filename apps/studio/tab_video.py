@@ -134,7 +134,7 @@ def build(studio: common.Studio) -> None:
                 bpp = gr.Number(0.3, label="target bpp", elem_id="video-bpp")
                 size = gr.Textbox("", label="or target size (e.g. 200kB)", elem_id="video-size")
             with gr.Row():
-                steps = gr.Number(300, label="steps", precision=0, elem_id="video-steps")
+                steps = gr.Number(1500, label="steps", precision=0, elem_id="video-steps")
                 frames = gr.Number(24, label="frames (first N; 0: all)", precision=0, elem_id="video-frames")
             with gr.Row():
                 fso = gr.Checkbox(False, label="FSO (Fourier subneural operator)", elem_id="video-fso")
@@ -148,7 +148,7 @@ def build(studio: common.Studio) -> None:
             plot = gr.ScatterPlot(x="bpp", y="psnr", color="codec", title="PSNR vs bpp", y_title="PSNR (dB)",
                                   elem_id="video-plot")
             table = gr.Dataframe(headers=TABLE_HEADERS, value=None, interactive=False, elem_id="video-table")
-            gallery = gr.Gallery(label="original | decoded", columns=1, height=420, elem_id="video-gallery")
+            gallery = gr.Gallery(label="original | decoded", columns=3, height=260, elem_id="video-gallery")
             files = gr.File(label="downloads (.fsv, decoded mp4, metrics)", file_count="multiple", interactive=False,
                             elem_id="video-files")
     job_id = gr.State(None)
