@@ -67,7 +67,9 @@ def _metrics_path(out: Path) -> Path:
 def compress(video: str | None = None, *, out: str = "clip.fsv", size: str | None = None, bpp: float | None = None,
              steps: int = 1500, max_frames: int | None = None, bits: int = 8, prune: float = 0.2,
              capacity: float = 1.0, fso: bool = False, cam: bool = False, compare: bool = False, lr: float = 1e-2,
-             batch: int = 2, seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+             batch: int = 2, seed: int = 0, device: str = "auto", progress: bool = True,
+             callback=None) -> dict[str, Any]:
+    """``callback(step, record) -> bool|None`` follows training and may stop it (see `train_session`)."""
     from fieldstudio.fields.video import VideoField, count_params, size_config
 
     from .video_train import train_session
@@ -94,7 +96,7 @@ def compress(video: str | None = None, *, out: str = "clip.fsv", size: str | Non
     cfg = size_config(h, w, _target_params(target, bits, prune, capacity), fso=fso)
     lib = fsv.VideoLibrary(VideoField(cfg).to(dev), bits=bits)
     r = train_session(lib, frames, name=name, fps=fps, steps=steps, capacity=capacity, prune=prune, lr=lr,
-                      batch=batch, seed=seed, device=dev, progress=progress)
+                      batch=batch, seed=seed, device=dev, progress=progress, callback=callback)
     lib.videos[0]["capacity"] = capacity
     nbytes = lib.save(outp)
     result = {"out": str(outp), "video": name, "frames": t, "height": h, "width": w, "bytes": nbytes,

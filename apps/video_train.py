@@ -21,7 +21,9 @@ import torch
 
 from fieldstudio.codecs.fsv import VideoLibrary
 from fieldstudio.codecs.quality import frame_metrics, summarize, to_uint8, video_loss
-from fieldstudio.errors import TrainingError
+from fieldstudio.errors import FieldStudioError, TrainingError
+
+from .training import Callback
 from fieldstudio.fields.subnet import masked_tensors, set_mode
 from fieldstudio.fields.video import VideoField
 
@@ -46,8 +48,16 @@ def _cosine(step: int, total: int, warmup: float = 0.1) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
 
 
+class SessionStopped(FieldStudioError):
+    """A callback asked a compression session to stop; nothing is written (a session has no checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"compression stopped at step {step}; no file was written", "start it again")
+
+
 def _fit(field, head: int, frames: torch.Tensor, steps: int, lr: float, batch: int, frozen: dict, params: list,
-         seed: int, desc: str, progress: bool, log: list) -> None:
+         seed: int, desc: str, progress: bool, log: list, callback: Callback | None = None, offset: int = 0) -> None:
     from tqdm.auto import tqdm
 
     n = frames.shape[0]
@@ -82,7 +92,13 @@ def _fit(field, head: int, frames: torch.Tensor, steps: int, lr: float, batch: i
             log.append({"phase": desc, "step": step + 1, "loss": round(lv, 5),
                         "psnr": round(-10 * math.log10(max(mse, 1e-12)), 3)})
             bar.set_postfix(loss=f"{lv:.4f}", psnr=log[-1]["psnr"], refresh=False)
+            rec = log[-1]
+        else:
+            rec = None
         bar.update(1)
+        if callback is not None and callback(offset + step + 1, dict(rec) if rec else None):
+            bar.close()
+            raise SessionStopped(offset + step + 1)
     bar.close()
 
 
@@ -107,8 +123,12 @@ def prune_new(field, masks: dict[str, torch.Tensor], used: dict[str, torch.Tenso
 def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: float = 24.0, steps: int = 1000,
                   capacity: float = 1.0, prune: float = 0.2, finetune: float = 0.2, lr: float = 1e-2, batch: int = 2,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Add ``frames_u8`` [T, H, W, 3] as a new session of ``lib``; returns its metrics and timings."""
+                  log: Callable[[str], None] | None = None, callback: Callback | None = None) -> dict[str, Any]:
+    """Add ``frames_u8`` [T, H, W, 3] as a new session of ``lib``; returns its metrics and timings.
+
+    ``callback(step, record)`` as in `fieldstudio.apps.training.train`, with ``step`` counted over
+    training and fine-tuning together (1..``steps``); returning True stops with `SessionStopped`.
+    """
     field = lib.field
     s = len(lib.videos)
     if s > 0 and s >= len(field.heads):
@@ -130,7 +150,7 @@ def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: f
     score_params = [getattr(layer, f"score_{a}") for _, layer, a in masked_tensors(field)] if scores else []
     train_steps = max(1, int(round(steps * (1 - finetune)))) if prune > 0 else steps
     _fit(field, s, frames, train_steps, lr, batch, used, shared + score_params + list(field.heads[s].parameters()),
-         seed, f"video {s + 1}", progress, history)
+         seed, f"video {s + 1}", progress, history, callback)
     masks = {key: layer.current_mask(attr).cpu() for key, layer, attr in masked_tensors(field)}
     if prune > 0:
         masks = prune_new(field, masks, used, prune)
@@ -140,7 +160,7 @@ def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: f
         ft_steps = steps - train_steps
         if ft_steps > 0:
             _fit(field, s, frames, ft_steps, lr * 0.5, batch, used, shared + list(field.heads[s].parameters()),
-                 seed + 7, f"video {s + 1} fine-tune", progress, history)
+                 seed + 7, f"video {s + 1} fine-tune", progress, history, callback, offset=train_steps)
     train_seconds = time.perf_counter() - t0
     meta = {"name": name, "frames": int(frames_u8.shape[0]), "height": int(frames_u8.shape[1]),
             "width": int(frames_u8.shape[2]), "fps": float(fps)}

@@ -16,6 +16,7 @@ IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp", ".webp"
 MESH_TYPES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
 POINT_TYPES = (".csv", ".geojson", ".json", ".txt")
 SCENE_TYPES = (".zip",)
+VIDEO_TYPES = (".mp4", ".avi", ".gif", ".mov", ".webm")
 
 
 def check_upload(path: str | Path, allowed: tuple[str, ...], max_mb: float, what: str) -> Path:

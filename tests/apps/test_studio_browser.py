@@ -99,7 +99,7 @@ def test_studio_in_a_browser(app_url, tmp_path):
         try:
             page.goto(app_url, wait_until="domcontentloaded")
             page.wait_for_selector("#image-start", timeout=60_000)
-            for tab in ("Image", "SDF", "Scene", "Geo", "Jobs"):  # every pipeline on main has its tab
+            for tab in ("Image", "SDF", "Scene", "Geo", "Video", "Jobs"):  # every pipeline on main has its tab
                 assert page.get_by_role("tab", name=tab).count() == 1, tab
 
             # --- a race of the two default encoders (hash grid, SIREN) on the bundled photo ---------
@@ -159,6 +159,11 @@ def test_studio_in_a_browser(app_url, tmp_path):
             assert outside == [], outside
             final_shot = shots / "studio-final.png"
             page.screenshot(path=str(final_shot), full_page=True)
+
+            # --- the Video tab draws its controls (its jobs are tested without a browser) -----------
+            page.get_by_role("tab", name="Video").click()
+            page.wait_for_selector("#video-start", state="visible", timeout=10_000)
+            assert page.locator("#video-upload, #video-bpp, #video-cancel").count() == 3
         finally:
             browser.close()
     print(f"\nscreenshots: {race_shot} {final_shot}")
