@@ -59,6 +59,17 @@ def fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def metric_rows(metrics: dict[str, Any], keys, digits: int) -> list[list[Any]] | None:
+    """``[[name, value]]`` for the ``keys`` present in ``metrics``, floats rounded for display."""
+    rows = [[k, fmt(metrics[k], digits) if isinstance(metrics[k], float) else metrics[k]] for k in keys if k in metrics]
+    return rows or None
+
+
+def cancel_message(manager, job_id: str | None, kept: str = "the last checkpoint is kept") -> str:
+    """Cancel one job (if any) and say what happens to its results."""
+    return f"Cancelling; {kept}." if job_id and manager.cancel(job_id) else "Nothing to cancel."
+
+
 def read_metrics(out: Path | None) -> dict[str, Any]:
     p = None if out is None else out / "metrics.json"
     if p is None or not p.exists():

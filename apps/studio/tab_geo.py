@@ -85,7 +85,7 @@ def build(studio: common.Studio) -> None:
             return common.error_text(exc), current
 
     def on_cancel(job_id):
-        return "Cancelling; the last checkpoint is kept." if job_id and studio.manager.cancel(job_id) else "Nothing to cancel."
+        return common.cancel_message(studio.manager, job_id)
 
     def on_tick(job_id, seen):
         job = studio.manager.get(job_id) if job_id else None
@@ -93,8 +93,8 @@ def build(studio: common.Studio) -> None:
         if job is None or sig == seen:
             return [gr.skip()] * 4 + [seen]
         m = common.read_metrics(job.out) if job.status == "done" else {}
-        rows = [[k, common.fmt(m[k], 4) if isinstance(m[k], float) else m[k]] for k in METRIC_KEYS if k in m]
-        return (common.status_lines([job]), job.outputs.get("map.png"), rows or None,
+        rows = common.metric_rows(m, METRIC_KEYS, 4)
+        return (common.status_lines([job]), job.outputs.get("map.png"), rows,
                 [job.outputs[k] for k in ("map.png", "weights.safetensors") if k in job.outputs] or None, sig)
 
     start.click(on_start, [upload, lon, lat, target, encoder, network, L, steps, job_id], [message, job_id])

@@ -91,7 +91,7 @@ def build(studio: common.Studio) -> None:
             return common.error_text(exc), current
 
     def on_cancel(job_id):
-        return "Cancelling; the last checkpoint is kept." if job_id and studio.manager.cancel(job_id) else "Nothing to cancel."
+        return common.cancel_message(studio.manager, job_id)
 
     def on_tick(job_id, seen):
         job = studio.manager.get(job_id) if job_id else None
@@ -99,8 +99,8 @@ def build(studio: common.Studio) -> None:
         if job is None or sig == seen:
             return [gr.skip()] * 5 + [seen]
         m = common.read_metrics(job.out) if job.status == "done" else {}
-        rows = [[k, common.fmt(m[k], 5) if isinstance(m[k], float) else m[k]] for k in METRIC_KEYS if k in m]
-        return (common.status_lines([job]), job.outputs.get("mesh.glb"), job.outputs.get(PREVIEW), rows or None,
+        rows = common.metric_rows(m, METRIC_KEYS, 5)
+        return (common.status_lines([job]), job.outputs.get("mesh.glb"), job.outputs.get(PREVIEW), rows,
                 [job.outputs[k] for k in ("mesh.glb", MESH_OUT, "weights.safetensors") if k in job.outputs] or None,
                 sig)
 

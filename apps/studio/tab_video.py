@@ -162,8 +162,7 @@ def build(studio: common.Studio) -> None:
             return common.error_text(exc), current
 
     def on_cancel(job_id):
-        return ("Cancelling; no file is written." if job_id and studio.manager.cancel(job_id)
-                else "Nothing to cancel.")
+        return common.cancel_message(studio.manager, job_id, kept="no file is written")
 
     def on_tick(job_id, seen):
         job = studio.manager.get(job_id) if job_id else None
