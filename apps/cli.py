@@ -97,6 +97,15 @@ def _cmd_app(args) -> int:
     return 0
 
 
+def _add_training_flags(parser, checkpoint_every: int, seed_help: str | None = None) -> None:
+    """The flags every training command shares: device, seed, resume, checkpoints, progress bar."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=checkpoint_every)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldstudio", description="Neural fields on any machine.")
     from fieldstudio import __version__
@@ -134,12 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--budget", type=int, default=None,
                      help="resize the field to at most N parameters (hash table size, or network width)")
     img.add_argument("--crop", type=int, default=None, help="fit only the central N x N square")
-    img.add_argument("--device", default="auto", help="auto | cpu | cuda")
     img.add_argument("--backend", default="auto", choices=("auto", "torch", "tcnn"), help="grid implementation")
-    img.add_argument("--seed", type=int, default=0)
-    img.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    img.add_argument("--checkpoint-every", type=int, default=250)
-    img.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_training_flags(img, checkpoint_every=250)
     img.set_defaults(func=_cmd_fit_image)
 
     sdf = fit_sub.add_parser("sdf", help="fit a signed distance field to a mesh (default: a bundled shape)",
@@ -163,12 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     sdf.add_argument("--metric-samples", type=int, default=200_000, help="surface samples per mesh for Chamfer & co.")
     sdf.add_argument("--iou-resolution", type=int, default=128, help="grid of cell centres for the IoU (default 128)")
     sdf.add_argument("--preview-size", type=int, default=320, help="pixels per side of each preview.png panel")
-    sdf.add_argument("--device", default="auto", help="auto | cpu | cuda")
     sdf.add_argument("--backend", default="auto", choices=("auto", "torch", "tcnn"), help="grid implementation")
-    sdf.add_argument("--seed", type=int, default=0)
-    sdf.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    sdf.add_argument("--checkpoint-every", type=int, default=250)
-    sdf.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_training_flags(sdf, checkpoint_every=250)
     sdf.set_defaults(func=_cmd_fit_sdf)
 
     rsdf = sub.add_parser("render-sdf", help="sphere-traced picture of an SDF run (ground truth beside it)")
@@ -213,13 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     geo.add_argument("--lr", type=float, default=1e-3)
     geo.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty on the network")
     geo.add_argument("--val-fraction", type=float, default=0.2, help="share of points held out for validation")
-    geo.add_argument("--seed", type=int, default=0, help="seeds the split, the init and the batches")
     geo.add_argument("--n-points", type=int, default=5000, help="points of the default land/ocean data")
     geo.add_argument("--out", default="runs/geo", help="run folder to write")
-    geo.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    geo.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    geo.add_argument("--checkpoint-every", type=int, default=250)
-    geo.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_training_flags(geo, checkpoint_every=250, seed_help="seeds the split, the init and the batches")
     geo.set_defaults(func=_cmd_fit_geo)
     rec = sub.add_parser("reconstruct", help="radiance field from posed photos (default: a bundled scene)",
                          description="Train a radiance field (Instant-NGP or MLP NeRF) on posed photos with the "
@@ -239,12 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--downscale", type=int, default=1)
     rec.add_argument("--grid-resolution", type=int, default=None, help="occupancy grid cells per axis (128 on GPU, 64 on CPU)")
     rec.add_argument("--eval-views", type=int, default=None, help="evaluate only the first N test views")
-    rec.add_argument("--device", default="auto")
     rec.add_argument("--backend", default="auto", choices=("auto", "torch", "tcnn"))
-    rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--resume", action="store_true")
-    rec.add_argument("--checkpoint-every", type=int, default=500)
-    rec.add_argument("--quiet", action="store_true")
+    _add_training_flags(rec, checkpoint_every=500)
     rec.set_defaults(func=_cmd_reconstruct)
 
     ren = sub.add_parser("render", help="render a reconstructed scene to a video (rgb, depth, opacity)")
