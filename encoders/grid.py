@@ -20,6 +20,7 @@ and a hand-written backward (`_GridLookup`) that scatters into the flat table on
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import torch
@@ -267,8 +268,10 @@ class _GridLookup(torch.autograd.Function):
 _INTERP = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
 
 
-def _level_tensors(levels: list[Level]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The level layout as the C++ kernel reads it: float32 scales and int64 [L, 5] integers."""
+@functools.lru_cache(maxsize=64)
+def _level_tensors(levels: tuple[Level, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The level layout as the C++ kernel reads it: float32 scales and int64 [L, 5] integers
+    (cached: a grid's layout never changes, and this runs on every lookup)."""
     scales = torch.tensor([lv.scale for lv in levels], dtype=torch.float32)
     ints = torch.tensor([[lv.resolution, lv.size, lv.offset, int(lv.hashed), lv.dense_dims] for lv in levels],
                         dtype=torch.int64)
@@ -304,7 +307,7 @@ def grid_encode(x: torch.Tensor, params: torch.Tensor, levels: list[Level], n_fe
     if not x.requires_grad and x.device.type == "cpu" and x.shape[1] <= 4 and x.dtype in (torch.float32, torch.float64):
         kernels = cpu_kernels()
         if kernels is not None:
-            return _GridKernel.apply(params, x.contiguous().to(params.dtype), _level_tensors(levels), n_feats,
+            return _GridKernel.apply(params, x.contiguous().to(params.dtype), _level_tensors(tuple(levels)), n_feats,
                                      _INTERP[interpolation], kernels)
     corners = [_level_corners(x, lv, interpolation) for lv in levels]
     if x.requires_grad and interpolation != "Nearest":
