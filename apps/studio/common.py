@@ -59,6 +59,14 @@ def fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def changed_job(manager, job_id: str | None, seen) -> tuple[Any, Any]:
+    """``(job, signature)`` when the job exists and changed since ``seen``, else ``(None, seen)``:
+    a tick then skips its updates."""
+    job = manager.get(job_id) if job_id else None
+    sig = signature([job]) if job else None
+    return (None, seen) if job is None or sig == seen else (job, sig)
+
+
 def metric_rows(metrics: dict[str, Any], keys, digits: int) -> list[list[Any]] | None:
     """``[[name, value]]`` for the ``keys`` present in ``metrics``, floats rounded for display."""
     rows = [[k, fmt(metrics[k], digits) if isinstance(metrics[k], float) else metrics[k]] for k in keys if k in metrics]

@@ -165,9 +165,8 @@ def build(studio: common.Studio) -> None:
         return common.cancel_message(studio.manager, job_id, kept="no file is written")
 
     def on_tick(job_id, seen):
-        job = studio.manager.get(job_id) if job_id else None
-        sig = common.signature([job]) if job else None
-        if job is None or sig == seen:
+        job, sig = common.changed_job(studio.manager, job_id, seen)
+        if job is None:
             return [gr.skip()] * 5 + [seen]
         view = result_view(job)
         df = pd.DataFrame(view["points"], columns=["codec", "bpp", "psnr"])
