@@ -31,7 +31,8 @@ from fieldstudio.renderers.occupancy import OccupancyGrid
 from fieldstudio.renderers.rays import Rays, dataset_image_rays, dataset_rays
 from fieldstudio.renderers.volume import march, rendering
 
-from .training import TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
+from .training import (TrainingStopped, TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse,
+                       train)
 
 FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF}
 DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4}
@@ -201,13 +202,15 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
                 render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
                 eval_every: int = 0, eval_every_views: int = 4, callback=None, encoder: str = "hashgrid",
-                warmup_steps: int | None = None) -> dict[str, Any]:
+                warmup_steps: int | None = None, stop_at_psnr: float | None = None) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     ``field_config`` overrides entries of the field's default config (e.g. a smaller
     ``"encoding"``). With ``eval_every > 0`` the first ``eval_every_views`` test views are rendered
     every that many steps and the PSNR is recorded as ``metrics["curve"]`` against steps and
-    training seconds (rendering time excluded).
+    training seconds (rendering time excluded). With ``stop_at_psnr`` as well, training ends early
+    once two successive curve points reach that PSNR (the crossing and its confirmation); the final
+    evaluation of all test views still runs.
 
     Returns the metrics written to metrics.json (test-view PSNR/SSIM, steps, seconds, memory, rays/s).
     ``encoder="neurbf"`` (Instant-NGP field only) first fits the default field for ``warmup_steps``
@@ -284,6 +287,12 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         return model.field.density(model.to_unit(x)) * step_size
 
     curve = state.extra.setdefault("curve", [])
+    stop = {"now": False}
+
+    def on_step(step, rec):
+        if callback is not None and callback(step, rec):
+            return True
+        return stop["now"]
 
     def step_fn(step: int):
         if eval_every and step and step % eval_every == 0 and not any(c["step"] == step for c in curve):
@@ -291,6 +300,8 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
             model.eval()
             q = evaluate_views(model, ds, test_idx[:eval_every_views], save=0)
             curve.append({"step": step, "seconds": round(state.seconds, 2), "psnr": q["psnr"], "views": q["views"]})
+            if stop_at_psnr is not None and len(curve) >= 2 and min(c["psnr"] for c in curve[-2:]) >= stop_at_psnr:
+                stop["now"] = True
             # the loop times the whole step_fn: take the rendering back out of the training time
             state.seconds -= time.perf_counter() - t_eval
         model.train()
@@ -315,9 +326,13 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    state = train(model, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
-                  checkpoint_every=checkpoint_every, progress=progress, desc=f"reconstruct [{field}]",
-                  scheduler=_lr_schedule(steps), callback=callback)
+    try:
+        state = train(model, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
+                      checkpoint_every=checkpoint_every, progress=progress, desc=f"reconstruct [{field}]",
+                      scheduler=_lr_schedule(steps), callback=on_step if stop_at_psnr is not None else callback)
+    except TrainingStopped:
+        if not stop["now"]:
+            raise
     train_wall = time.perf_counter() - t0
     model.eval()
     quality = evaluate_views(model, ds, test_idx, out_dir=out, progress=progress)

@@ -1,7 +1,7 @@
 """Scene reconstruction benchmark: test-view PSNR against steps and training time, memory, rays/s.
 
     python benchmarks/nerf.py [--data PATH] [--steps 2500] [--eval-every 250] [--eval-views 4]
-                              [--kernels auto|torch] [--threads N] [--name lego]
+                              [--kernels auto|torch] [--threads N] [--name lego] [--stop-at-db 30]
     python benchmarks/nerf.py --from-run RUN [--name NAME]   # report a finished run without training
 
 Default data: ``../shared/data/nerf_lego_blender`` (200 x 200, 100 train / 25 test views). It runs
@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--target", type=float, default=30.0, help="PSNR whose time-to is reported")
+    ap.add_argument("--stop-at-db", type=float, default=None,
+                    help="end training once two successive curve points reach this PSNR (saves time)")
     ap.add_argument("--from-run", default=None, help="report this finished reconstruct run instead of training")
     ap.add_argument("--note", default=None, help="a remark stored in the result (e.g. how the machine was shared)")
     ap.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
 
             shutil.rmtree(run_dir)
         metrics = reconstruct(args.data, steps=args.steps, out=run_dir, eval_every=args.eval_every,
-                              eval_every_views=args.eval_views, device=args.device, checkpoint_every=args.eval_every)
+                              eval_every_views=args.eval_views, device=args.device, checkpoint_every=args.eval_every,
+                              stop_at_psnr=args.stop_at_db)
     config = json.loads((run_dir / "config.json").read_text())
     curve = metrics["curve"]
     result = {

@@ -1,15 +1,19 @@
 """Fused CPU kernels, compiled on first use, with the PyTorch code as their twin and fallback.
 
-`cpu_kernels()` returns the compiled extension module, or None when it cannot be used (no C++
-compiler, a failed build, or ``FIELDSTUDIO_KERNELS=torch`` in the environment). The first call
-in a fresh environment compiles ``csrc/*.cpp`` with torch's ``cpp_extension`` (about a minute;
-the result is cached by torch under ``~/.cache/torch_extensions`` and reused, rebuilt only when
-the sources change). Callers fall back to their PyTorch path when it returns None, after one
-warning, so the package installs and runs on machines without a compiler.
+Two extension modules, each built from its own sources: `cpu_kernels()` (the grid encoding,
+``csrc/grid.cpp``) and `render_kernels()` (ray marching and packed compositing,
+``csrc/render.cpp``). Each returns the compiled module, or None when it cannot be used (no C++
+compiler, a failed build, or ``FIELDSTUDIO_KERNELS=torch`` in the environment, which disables
+all of them). The first call in a fresh environment compiles the sources with torch's
+``cpp_extension`` (about a minute; cached by torch under ``~/.cache/torch_extensions``). The
+module name carries a hash of the sources, so two checkouts with different sources never load
+each other's cached build. Callers fall back to their PyTorch path when a loader returns None,
+after one warning, so the package installs and runs on machines without a compiler.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -19,8 +23,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("grid.cpp",)
-_STATE: dict = {}
+_CSRC = Path(__file__).parent / "csrc"
+_STATE: dict[str, dict] = {}
 _LOCK = threading.Lock()
 
 
@@ -33,41 +37,67 @@ def _wanted() -> tuple[bool, str]:
     return True, ""
 
 
-def cpu_kernels():
-    """The compiled kernel module, or None (see `kernel_status` for why)."""
-    if "module" in _STATE:
-        return _STATE["module"]
+def _versioned_name(module_name: str, sources: list[Path]) -> str:
+    digest = hashlib.sha1()
+    for s in sources:
+        digest.update(s.read_bytes())
+    return f"{module_name}_{digest.hexdigest()[:10]}"
+
+
+def _load(key: str, module_name: str, sources: tuple[str, ...]):
+    """The extension ``module_name`` built from ``csrc/<sources>``, or None; decided once per key."""
+    state = _STATE.get(key)
+    if state is not None:
+        return state["module"]
     with _LOCK:
-        if "module" in _STATE:
-            return _STATE["module"]
+        if key in _STATE:
+            return _STATE[key]["module"]
         ok, why = _wanted()
         module = None
         if ok:
             try:
                 from torch.utils import cpp_extension
 
-                src = Path(__file__).parent / "csrc"
+                paths = [_CSRC / s for s in sources]
                 module = cpp_extension.load(
-                    name="fieldstudio_cpu_kernels", sources=[str(src / s) for s in _SOURCES],
+                    name=_versioned_name(module_name, paths), sources=[str(p) for p in paths],
                     extra_cflags=["-O3"], verbose=False)
             except Exception as exc:  # a failed build must never break fitting: use the PyTorch twins
                 why = f"the build failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''})"
                 module = None
         if module is None and "disabled" not in why:
-            warnings.warn(f"fieldstudio: fused CPU kernels unavailable, using the PyTorch paths: {why}",
-                          RuntimeWarning, stacklevel=3)
-        _STATE.update(module=module, why=why)
+            warnings.warn(f"fieldstudio: fused CPU kernels ({key}) unavailable, using the PyTorch paths: {why}",
+                          RuntimeWarning, stacklevel=4)
+        _STATE[key] = {"module": module, "why": why}
         return module
 
 
-def kernel_status() -> tuple[bool, str]:
-    """``(active, explanation)`` for `fieldstudio info`; compiles the kernels if needed."""
-    module = cpu_kernels()
+def cpu_kernels():
+    """The compiled grid-encoding kernels, or None (see `kernel_status` for why)."""
+    return _load("grid", "fieldstudio_cpu_kernels", ("grid.cpp",))
+
+
+def render_kernels():
+    """The compiled ray-marching / compositing kernels, or None (see `render_kernel_status`)."""
+    return _load("render", "fieldstudio_cpu_render", ("render.cpp",))
+
+
+def _status(key: str, module) -> tuple[bool, str]:
     if module is not None:
         return True, "fused C++ kernels (compiled, cached by torch.utils.cpp_extension)"
-    return False, f"PyTorch twins ({_STATE.get('why', '')})"
+    return False, f"PyTorch twins ({_STATE.get(key, {}).get('why', '')})"
+
+
+def kernel_status() -> tuple[bool, str]:
+    """``(active, explanation)`` of the grid kernels for `fieldstudio info`; compiles them if needed."""
+    return _status("grid", cpu_kernels())
+
+
+def render_kernel_status() -> tuple[bool, str]:
+    """``(active, explanation)`` of the rendering kernels; compiles them if needed."""
+    return _status("render", render_kernels())
 
 
 def reset_for_tests() -> None:
-    """Forget the cached decision (tests flip FIELDSTUDIO_KERNELS)."""
+    """Forget the cached decisions (tests flip FIELDSTUDIO_KERNELS)."""
     _STATE.clear()
