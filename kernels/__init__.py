@@ -37,14 +37,18 @@ def _wanted() -> tuple[bool, str]:
     return True, ""
 
 
-def _versioned_name(module_name: str, sources: list[Path]) -> str:
-    digest = hashlib.sha1()
+def _versioned_name(module_name: str, sources: list[Path], flags: list[str]) -> str:
+    digest = hashlib.sha1(" ".join(flags).encode())
     for s in sources:
         digest.update(s.read_bytes())
     return f"{module_name}_{digest.hexdigest()[:10]}"
 
 
-def _load(key: str, module_name: str, sources: tuple[str, ...]):
+# at::parallel_for is OpenMP in a header: without -fopenmp an extension's loops run on one thread
+_CFLAGS = ("-O3", "-fopenmp")
+
+
+def _load(key: str, module_name: str, sources: tuple[str, ...], cflags: tuple[str, ...] = ()):
     """The extension ``module_name`` built from ``csrc/<sources>``, or None; decided once per key."""
     state = _STATE.get(key)
     if state is not None:
@@ -59,9 +63,10 @@ def _load(key: str, module_name: str, sources: tuple[str, ...]):
                 from torch.utils import cpp_extension
 
                 paths = [_CSRC / s for s in sources]
+                flags = [*_CFLAGS, *cflags]
                 module = cpp_extension.load(
-                    name=_versioned_name(module_name, paths), sources=[str(p) for p in paths],
-                    extra_cflags=["-O3"], verbose=False)
+                    name=_versioned_name(module_name, paths, flags), sources=[str(p) for p in paths],
+                    extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as exc:  # a failed build must never break fitting: use the PyTorch twins
                 why = f"the build failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''})"
                 module = None
@@ -79,7 +84,8 @@ def cpu_kernels():
 
 def render_kernels():
     """The compiled ray-marching / compositing kernels, or None (see `render_kernel_status`)."""
-    return _load("render", "fieldstudio_cpu_render", ("render.cpp",))
+    # no fused multiply-adds: the marcher reproduces the PyTorch lattice arithmetic bit for bit
+    return _load("render", "fieldstudio_cpu_render", ("render.cpp",), ("-ffp-contract=off",))
 
 
 def _status(key: str, module) -> tuple[bool, str]:

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from fieldstudio.errors import ConfigError
+from fieldstudio.kernels import render_kernels
 
 from .occupancy import OccupancyGrid, as_aabb
 from .rays import ray_aabb_intersect
@@ -106,6 +107,13 @@ def _use_nerfacc(t: Tensor, backend: str) -> bool:
     if backend == "nerfacc" and not ok:
         raise ConfigError(f"backend 'nerfacc' is not usable: {why}", "install nerfacc with a CUDA toolkit, or use backend 'auto'")
     return ok
+
+
+def _render_kernels(t: Tensor):
+    """The fused CPU rendering kernels for tensors like ``t``, or None (CUDA, or not built)."""
+    if t.device.type != "cpu":
+        return None
+    return render_kernels()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,6 +214,14 @@ def _march_torch(rays_o, rays_d, region, grid, dt, near_plane, far_plane, t_min,
         p0 = grid.cell_coords(o64 + d64 * (base + 0.5 * dt).unsqueeze(-1))
         q = grid.cell_coords(d64 * dt) - grid.cell_coords(torch.zeros_like(d64))
         pq = torch.cat([p0, q], dim=-1).float()
+    kern = _render_kernels(rays_o) if cone_angle <= 0 and kdtype == torch.float32 and (grid is None or fast) else None
+    if kern is not None:
+        # the same lattice and cell arithmetic as below, one pass over the candidates in C++
+        if fast:
+            return tuple(kern.march_cells(k_first.long(), counts, base32, pq, grid.binaries.view(-1), *grid._res, dt))
+        no_grid = torch.empty(0, dtype=torch.bool)
+        return tuple(kern.march_cells(k_first.long(), counts, base32, torch.empty(0, 6), no_grid, 1, 1, 1, dt))
+    if fast:
         # coarse pass: runs of m steps, which span at most `block` cells per axis, are dropped at
         # once when the dilated block of their first midpoint is empty (about 8 steps per run)
         box = grid.aabbs[0]
@@ -217,7 +233,7 @@ def _march_torch(rays_o, rays_d, region, grid, dt, near_plane, far_plane, t_min,
     out_r, out_s, out_e = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
         c = counts[a:b]
-        if int(csum[b - 1] - (csum[a - 1] if a > 0 else 0)) == 0:
+        if b == a or int(csum[b - 1] - (csum[a - 1] if a > 0 else 0)) == 0:
             continue
         if cone_angle > 0:
             rays, k = _steps(c, a, b, k_first, torch.float64)
@@ -411,10 +427,52 @@ def exclusive_sum(values: Tensor, ray_indices: Optional[Tensor] = None) -> Tenso
     return _PackedExclusiveSum.apply(values, first, last)
 
 
+class _FusedComposite(torch.autograd.Function):
+    """Packed compositing in one C++ pass per ray: ``(weights, trans, alphas, colors [n_rays, 3],
+    opacity [n_rays, 1], depth_sum [n_rays, 1])`` (``depth_sum = sum w t_mid``, not yet divided by
+    the opacity), differentiable w.r.t. ``sigmas`` and ``rgbs``. The twin is
+    `render_weight_from_density` + `accumulate_along_rays`."""
+
+    @staticmethod
+    def forward(ctx, sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, kern):
+        ctx.set_materialize_grads(False)
+        out = kern.composite_forward(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays)
+        ctx.save_for_backward(sigmas, rgbs, t_starts, t_ends, ray_indices, *out[:3])
+        ctx.kern = kern
+        ctx.mark_non_differentiable(*([] if rgbs.numel() else [out[3]]))
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        sigmas, rgbs, t_starts, t_ends, ray_indices, weights, trans, alphas = ctx.saved_tensors
+        empty = sigmas.new_empty(0)
+        grads = [empty if g is None else g for g in grads]
+        g_sigmas, g_rgbs = ctx.kern.composite_backward(*grads, sigmas, rgbs, t_starts, t_ends, ray_indices,
+                                                        weights, trans, alphas)
+        return (g_sigmas if ctx.needs_input_grad[0] else None, g_rgbs if ctx.needs_input_grad[1] else None,
+                None, None, None, None, None)
+
+
+def _fused_composite_kernels(t_starts: Tensor, sigmas: Tensor, rgbs: Optional[Tensor], ray_indices, n_rays):
+    """The kernel module when the fused compositing applies to these tensors, else None."""
+    if ray_indices is None or n_rays is None or sigmas.ndim != 1 or sigmas.dtype not in (torch.float32, torch.float64):
+        return None
+    if rgbs is not None and (rgbs.dtype != sigmas.dtype or rgbs.ndim != 2 or rgbs.shape[-1] != 3):
+        return None
+    if ray_indices.dtype != torch.int64 or t_starts.requires_grad:
+        return None
+    return _render_kernels(sigmas)
+
+
 def render_transmittance_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Tensor,
                                       ray_indices: Optional[Tensor] = None, n_rays: Optional[int] = None
                                       ) -> tuple[Tensor, Tensor]:
     """``(trans, alphas)``: ``T_i = exp(-sum_{j<i} sigma_j delta_j)``, ``alpha_i = 1 - exp(-sigma_i delta_i)``."""
+    kern = _fused_composite_kernels(t_starts, sigmas, None, ray_indices, n_rays)
+    if kern is not None:
+        _, trans, alphas, _, _, _ = _FusedComposite.apply(sigmas, sigmas.new_empty(0), t_starts, t_ends,
+                                                          ray_indices, int(n_rays), kern)
+        return trans, alphas
     # optical thickness past ~1e4 is opaque either way; capping it keeps inf density from making
     # inf - inf = nan in the packed sum (the gradient there is exp(-1e4) = 0 anyway)
     sdt = (sigmas * (t_ends - t_starts)).clamp_max(1e4)
@@ -428,6 +486,11 @@ def render_weight_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Tensor,
                                ) -> tuple[Tensor, Tensor, Tensor]:
     """``(weights, trans, alphas)`` with ``w_i = T_i * alpha_i``; packed (with ``ray_indices``) or
     batched ``[n_rays, n_samples]``. Differentiable w.r.t. ``sigmas``."""
+    kern = _fused_composite_kernels(t_starts, sigmas, None, ray_indices, n_rays)
+    if kern is not None:
+        weights, trans, alphas, _, _, _ = _FusedComposite.apply(sigmas, sigmas.new_empty(0), t_starts, t_ends,
+                                                                ray_indices, int(n_rays), kern)
+        return weights, trans, alphas
     trans, alphas = render_transmittance_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
     return trans * alphas, trans, alphas
 
@@ -485,11 +548,16 @@ def rendering(t_starts: Tensor, t_ends: Tensor, ray_indices: Optional[Tensor], n
     if rgbs.shape[-1] != 3 or sigmas.shape != t_starts.shape:
         raise ValueError(f"rgb_sigma_fn must return rgbs [N, 3] and sigmas [N]; got {tuple(rgbs.shape)} and "
                          f"{tuple(sigmas.shape)} for {tuple(t_starts.shape)} samples")
-    weights, trans, alphas = render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
-    colors = accumulate_along_rays(weights, rgbs, ray_indices, n_rays)
-    opacities = accumulate_along_rays(weights, None, ray_indices, n_rays)
-    t_mid = ((t_starts + t_ends) * 0.5).unsqueeze(-1)
-    depths = accumulate_along_rays(weights, t_mid, ray_indices, n_rays)
+    kern = _fused_composite_kernels(t_starts, sigmas, rgbs, ray_indices, n_rays)
+    if kern is not None:
+        weights, trans, alphas, colors, opacities, depths = _FusedComposite.apply(
+            sigmas, rgbs, t_starts, t_ends, ray_indices, int(n_rays), kern)
+    else:
+        weights, trans, alphas = render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
+        colors = accumulate_along_rays(weights, rgbs, ray_indices, n_rays)
+        opacities = accumulate_along_rays(weights, None, ray_indices, n_rays)
+        t_mid = ((t_starts + t_ends) * 0.5).unsqueeze(-1)
+        depths = accumulate_along_rays(weights, t_mid, ray_indices, n_rays)
     depths = depths / opacities.clamp_min(torch.finfo(depths.dtype).eps)
     if render_bkgd is not None:
         colors = colors + render_bkgd * (1.0 - opacities)
