@@ -23,6 +23,7 @@ def collect_info() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "grid_path": _grid_path(),
+        "render_path": _render_path(),
         "backends": optional_backends(),
     }
 
@@ -37,11 +38,21 @@ def _grid_path() -> str:
     return f"{cpu}; {gpu}"
 
 
+def _render_path() -> str:
+    from fieldstudio.kernels import render_kernel_status
+    from fieldstudio.renderers.volume import nerfacc_status
+
+    _, why = render_kernel_status()  # compiles the kernels on the first call in an environment
+    gpu = "CUDA: nerfacc" if nerfacc_status()[0] else "CUDA: PyTorch"
+    return f"CPU: {why}; {gpu}"
+
+
 def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"fieldstudio {info['fieldstudio']}  (python {info['python']}, torch {info['torch']})",
         f"device      {info['device']}  [{info['device_name']}], {info['cpu_threads']} CPU threads of {info['cpu_count']}",
         f"grid path   {info['grid_path']}",
+        f"render path {info['render_path']}",
         "optional backends:",
     ]
     for name, b in info["backends"].items():
