@@ -138,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(a tcnn encoding or {encoding, network})")
     img.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
     img.add_argument("--out", default="runs/image", help="run folder to write")
-    img.add_argument("--batch-size", type=int, default=1 << 16, help="pixels per step (default 65536)")
-    img.add_argument("--lr", type=float, default=None, help="learning rate (default per encoder)")
+    img.add_argument("--batch-size", type=int, default=None,
+                     help="pixels per step (default 65536 on a GPU, 16384 on a CPU)")
+    img.add_argument("--lr", type=float, default=None,
+                     help="learning rate (default per encoder; hashgrid on a CPU 0.02)")
     img.add_argument("--budget", type=int, default=None,
                      help="resize the field to at most N parameters (hash table size, or network width)")
     img.add_argument("--crop", type=int, default=None, help="fit only the central N x N square")

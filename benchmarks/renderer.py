@@ -1,7 +1,7 @@
 """Volume renderer benchmark: marching and compositing throughput, and an NGP training step.
 
     python benchmarks/renderer.py [--device cpu|cuda] [--threads N] [--backend auto|torch|nerfacc]
-                                  [--repeats 5] [--out benchmarks/results/renderer.json]
+                                  [--repeats 5] [--out benchmarks/results/renderer.json] [--twin]
 
 Scene: three blobs of density with compact support in the unit box (the scene of
 tests/renderers/test_volume.py, density 60 inside), seen by a 64 x 64 = 4096-ray pinhole camera
@@ -20,6 +20,12 @@ Cases (median of ``--repeats`` after one warm-up; rays/s = 4096 / seconds):
 * ``ngp_render_step``: march (grid + early stop with the field's density) and render through a
   default NGPRadianceField for 1024 rays, then backward from the rendered colour (a training step
   without the optimiser).
+* ``composite_fwd_bwd``: `rendering` of the ``march_grid`` samples from leaf tensors (densities
+  and colours that need gradients), then backward: the compositing alone.
+
+``--twin`` (CPU) also times every marching / compositing case on the PyTorch twins of the fused
+kernels (``fieldstudio.kernels.render_kernels``), interleaved with the fused runs, and reports
+the ratio of the medians (``<case> [twin]``).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ C.ensure_fieldstudio()
 
 import torch  # noqa: E402
 
+import fieldstudio.renderers.volume as vol  # noqa: E402
 from fieldstudio.fields.radiance import NGPRadianceField  # noqa: E402
+from fieldstudio.kernels import render_kernel_status  # noqa: E402
 from fieldstudio.renderers.occupancy import OccupancyGrid  # noqa: E402
 from fieldstudio.renderers.volume import march, rendering  # noqa: E402
 
@@ -50,6 +58,7 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--twin", action="store_true", help="also time the PyTorch twins of the fused CPU kernels")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,13 +114,36 @@ def main() -> None:
         ri, ts, te = march(o, d, grid=grid, render_step_size=dt, sigma_fn=sigma_fn, backend=be)
         return rendering(ts, te, ri, n_rays, rgb_sigma_fn, render_bkgd=bkgd, backend=be)
 
+    def composite_fwd_bwd():
+        ri, ts, te = samples["march_grid"]
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        sig = (torch.rand(ri.shape[0], generator=gen) * 50).to(dev).requires_grad_(True)
+        rgb = torch.rand(ri.shape[0], 3, generator=gen).to(dev).requires_grad_(True)
+        c, op, dep, _ = rendering(ts, te, ri, n_rays, lambda *a: (rgb, sig), render_bkgd=bkgd, backend=be)
+        (c.sum() + dep.sum()).backward()
+
+    def on_twin(fn):
+        def twin_fn():
+            saved, vol.render_kernels = vol.render_kernels, lambda: None
+            try:
+                return fn()
+            finally:
+                vol.render_kernels = saved
+        return twin_fn
+
+    def with_twins(cases):
+        if not args.twin:
+            return cases
+        return {k: v for name, fn in cases.items() for k, v in ((name, fn), (f"{name} [twin]", on_twin(fn)))}
+
     cases = {
         "march_dense": run_march("march_dense", aabb=UNIT, early_stop_eps=0.0),
         "march_grid": run_march("march_grid", grid=grid, early_stop_eps=0.0),
         "march_grid_early_stop": run_march("march_grid_early_stop", grid=grid, sigma_fn=sigma_fn),
     }
-    times = C.time_steps(cases, args.repeats, 1, dev)
-    times.update(C.time_steps({"rendering": render, "march_and_render": march_and_render}, args.repeats, 1, dev))
+    times = C.time_steps(with_twins(cases), args.repeats, 1, dev)
+    times.update(C.time_steps(with_twins({"rendering": render, "march_and_render": march_and_render,
+                                          "composite_fwd_bwd": composite_fwd_bwd}), args.repeats, 1, dev))
 
     field = NGPRadianceField().to(dev)
     xs = torch.rand(1 << 16, 3, device=dev)
@@ -154,12 +186,16 @@ def main() -> None:
         if name == "ngp_render_step":
             entry["samples"] = counted.get("samples")
         results[name] = entry
-        rows.append([name, f"{sec * 1e3:.1f} ms", f"{entry.get('rays_per_second', 0):,.0f}", str(entry.get("samples", ""))])
+        if name.endswith(" [twin]") and name[:-7] in results:
+            entry["fused_speedup"] = sec / results[name[:-7]]["seconds"]
+        rows.append([name, f"{sec * 1e3:.1f} ms", f"{entry.get('rays_per_second', 0):,.0f}", str(entry.get("samples", "")),
+                     f"{entry['fused_speedup']:.2f}x" if "fused_speedup" in entry else ""])
     print(f"device {dev}, threads {torch.get_num_threads()}, backend {be}, occupied cells "
           f"{grid.occupied_fraction():.1%}, load {machine.get('load_average_1_5_15min')}")
-    print(C.fmt_table(["case", "median", "rays/s", "samples"], rows))
+    print(C.fmt_table(["case", "median", "rays/s", "samples", "fused kernel speed-up"], rows))
     if args.out:
         C.write_json(args.out, {"benchmark": "renderer", "backend": be, "n_rays": n_rays, "step": dt,
+                                "render_kernels": render_kernel_status()[1],
                                 "grid_resolution": 128, "occupied_fraction": grid.occupied_fraction(),
                                 "results": results}, dev, machine)
 
