@@ -164,3 +164,17 @@ def test_neurbf_fit_places_kernels_on_edges_and_resumes(tmp_path):
     assert run.field.encoding.otype == "NeuRBF"
     m2 = fit_image(None, steps=40, out=tmp_path / "r", resume=True, progress=False, device="cpu")
     assert m2["steps"] == 40 and m2["psnr"] >= m["psnr"] - 0.5
+
+
+def test_full_image_curve_and_stop_at_psnr(tmp_path):
+    m = fit_image("camera", crop=48, steps=300, out=tmp_path / "s", eval_every=5, stop_at_psnr=22.0,
+                  progress=False, device="cpu")
+    inner = m["curve"][:-1]
+    assert inner[-1]["psnr"] >= 22.0 and all(p["psnr"] < 22.0 for p in inner[:-1])
+    assert m["steps"] == inner[-1]["step"] + 1 < 300
+    assert [p["step"] for p in inner] == list(range(5, inner[-1]["step"] + 1, 5))
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(m["curve"], m["curve"][1:]))
+    # the curve is the full image's PSNR: its last point is the final evaluation
+    assert m["curve"][-1]["psnr"] == m["psnr"]
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["train"]["batch_size"] == 1 << 14 and cfg["train"]["lr"] == 0.02  # the CPU defaults

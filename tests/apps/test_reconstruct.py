@@ -186,3 +186,15 @@ def test_reconstruct_with_neurbf_runs_and_reopens(tmp_path):
     assert cfg["field"]["encoding"]["otype"] == "NeuRBF" and cfg["train"]["kernel_init"]["n_kernels"] > 0
     run = fieldstudio.load_run(out)
     assert run.field.encoding.otype == "NeuRBF"
+
+
+def test_stop_at_psnr_ends_after_a_confirmed_crossing(tmp_path):
+    # 8 dB is passed within the first steps on the procedural scene: the run must stop at the
+    # second curve point at or above it, long before its 200 steps
+    m = reconstruct(None, steps=200, out=tmp_path / "s", eval_views=1, eval_every=2, eval_every_views=1,
+                    stop_at_psnr=8.0, **SHORT)
+    inner = m["curve"][:-1]
+    assert m["steps"] < 200 and len(inner) >= 2
+    assert inner[-1]["psnr"] >= 8.0 and inner[-2]["psnr"] >= 8.0
+    assert all(min(a["psnr"], b["psnr"]) < 8.0 for a, b in zip(inner[:-2], inner[1:-1]))
+    assert m["steps"] == inner[-1]["step"] + 1  # the step that found the confirmation still trains
