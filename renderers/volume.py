@@ -29,6 +29,12 @@ a failure is logged once and PyTorch is used), `march` and `rendering` call
 ``nerfacc.OccGridEstimator.sampling`` and ``nerfacc.rendering`` instead. ``backend="torch"``
 forces PyTorch; ``backend="nerfacc"`` requires nerfacc.
 
+On the CPU, fused C++ kernels (`fieldstudio.kernels.render_kernels`) take over the march of a
+single-level grid (or a plain box) without cone stepping -- returning the very samples of the
+PyTorch march -- and the packed compositing (`rendering`, `render_weight_from_density`, the
+early-termination pass), with a hand-written backward; the PyTorch code stays their twin and
+fallback.
+
 How the PyTorch march stays fast on a CPU: per ray, the first and last lattice steps inside
 ``[t_enter, t_exit)`` come in closed form; all candidate steps of a batch of rays are generated
 at once as one packed tensor (``repeat_interleave`` of per-ray counts), looked up in the occupancy
