@@ -220,13 +220,6 @@ def _march_torch(rays_o, rays_d, region, grid, dt, near_plane, far_plane, t_min,
         p0 = grid.cell_coords(o64 + d64 * (base + 0.5 * dt).unsqueeze(-1))
         q = grid.cell_coords(d64 * dt) - grid.cell_coords(torch.zeros_like(d64))
         pq = torch.cat([p0, q], dim=-1).float()
-    kern = _render_kernels(rays_o) if cone_angle <= 0 and kdtype == torch.float32 and (grid is None or fast) else None
-    if kern is not None:
-        # the same lattice and cell arithmetic as below, one pass over the candidates in C++
-        if fast:
-            return tuple(kern.march_cells(k_first.long(), counts, base32, pq, grid.binaries.view(-1), *grid._res, dt))
-        no_grid = torch.empty(0, dtype=torch.bool)
-        return tuple(kern.march_cells(k_first.long(), counts, base32, torch.empty(0, 6), no_grid, 1, 1, 1, dt))
     if fast:
         # coarse pass: runs of m steps, which span at most `block` cells per axis, are dropped at
         # once when the dilated block of their first midpoint is empty (about 8 steps per run)
@@ -236,6 +229,16 @@ def _march_torch(rays_o, rays_d, region, grid, dt, near_plane, far_plane, t_min,
         m = int(block / cells_per_step) + 1
         if m >= 4 and min(grid._res) >= 2 * block:
             macro = grid.macro_occupancy(block)
+    kern = _render_kernels(rays_o) if cone_angle <= 0 and kdtype == torch.float32 and (grid is None or fast) else None
+    if kern is not None:
+        # the same lattice, coarse pass and cell arithmetic as below, one pass over the rays in C++
+        no_macro = torch.empty(0, 0, 0, dtype=torch.bool)
+        if fast:
+            return tuple(kern.march_cells(k_first.long(), counts, base32, pq, grid.binaries.view(-1), *grid._res, dt,
+                                          no_macro if macro is None else macro, block, m if macro is not None else 0))
+        no_grid = torch.empty(0, dtype=torch.bool)
+        return tuple(kern.march_cells(k_first.long(), counts, base32, torch.empty(0, 6), no_grid, 1, 1, 1, dt,
+                                      no_macro, 1, 0))
     out_r, out_s, out_e = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
         c = counts[a:b]

@@ -20,10 +20,12 @@ namespace {
 
 // Candidate steps k_first[r] .. k_first[r] + counts[r] - 1 of ray r are kept when the midpoint's
 // level-0 cell coordinate p + q * k (float32, as `OccupancyGrid.lookup_cells`) lies in an occupied
-// cell; without a grid every candidate is kept.
+// cell; without a grid every candidate is kept. With `macro` (the grid pooled over block^3 cells
+// and dilated by one block, `OccupancyGrid.macro_occupancy`), runs of m steps whose first
+// midpoint falls in an unmarked block are skipped whole, as the PyTorch march's coarse pass.
 std::vector<torch::Tensor> march_cells(torch::Tensor k_first, torch::Tensor counts, torch::Tensor base,
                                        torch::Tensor pq, torch::Tensor binaries, int64_t rx, int64_t ry,
-                                       int64_t rz, double dt) {
+                                       int64_t rz, double dt, torch::Tensor macro, int64_t block, int64_t m) {
   TORCH_CHECK(k_first.scalar_type() == torch::kInt64 && counts.scalar_type() == torch::kInt64, "int64 steps");
   TORCH_CHECK(base.scalar_type() == torch::kFloat32, "base must be float32");
   const int64_t n = k_first.size(0);
@@ -44,6 +46,25 @@ std::vector<torch::Tensor> march_cells(torch::Tensor k_first, torch::Tensor coun
     g = pq.data_ptr<float>();
     occ = binaries.data_ptr<bool>();
   }
+  const bool coarse = grid && macro.numel() > 0 && m > 0;
+  const bool* mac = nullptr;
+  int64_t mx = 1, my = 1, mz = 1;
+  if (coarse) {
+    macro = macro.contiguous();
+    TORCH_CHECK(macro.scalar_type() == torch::kBool && macro.dim() == 3, "macro must be bool [mx, my, mz]");
+    mac = macro.data_ptr<bool>();
+    mx = macro.size(0); my = macro.size(1); mz = macro.size(2);
+  }
+  const float fb = static_cast<float>(block);
+  auto block_marked = [&](int64_t r, float kk) -> bool {
+    const float* p = g + 6 * r;
+    float bx = std::floor((p[0] + p[3] * kk) / fb), by = std::floor((p[1] + p[4] * kk) / fb);
+    float bz = std::floor((p[2] + p[5] * kk) / fb);
+    int64_t ix = static_cast<int64_t>(std::min(std::max(bx, 0.0f), static_cast<float>(mx - 1)));
+    int64_t iy = static_cast<int64_t>(std::min(std::max(by, 0.0f), static_cast<float>(my - 1)));
+    int64_t iz = static_cast<int64_t>(std::min(std::max(bz, 0.0f), static_cast<float>(mz - 1)));
+    return mac[(ix * my + iy) * mz + iz];
+  };
   const float dtf = static_cast<float>(dt);
   const float fx = static_cast<float>(rx - 1), fy = static_cast<float>(ry - 1), fz = static_cast<float>(rz - 1);
 
@@ -63,7 +84,13 @@ std::vector<torch::Tensor> march_cells(torch::Tensor k_first, torch::Tensor coun
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       int64_t c = 0;
-      for (int64_t j = 0; j < cnt[r]; ++j) c += kept(r, static_cast<float>(kf[r] + j));
+      for (int64_t j = 0; j < cnt[r]; ++j) {
+        if (coarse && j % m == 0 && !block_marked(r, static_cast<float>(kf[r] + j))) {
+          j += m - 1;
+          continue;
+        }
+        c += kept(r, static_cast<float>(kf[r] + j));
+      }
       offsets[r + 1] = c;
     }
   });
@@ -80,6 +107,10 @@ std::vector<torch::Tensor> march_cells(torch::Tensor k_first, torch::Tensor coun
       int64_t o = offsets[r];
       for (int64_t j = 0; j < cnt[r]; ++j) {
         float kk = static_cast<float>(kf[r] + j);
+        if (coarse && j % m == 0 && !block_marked(r, kk)) {
+          j += m - 1;
+          continue;
+        }
         if (!kept(r, kk)) continue;
         float s = b[r] + kk * dtf;
         ri[o] = r;
