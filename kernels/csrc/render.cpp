@@ -2,8 +2,9 @@
 //
 // The PyTorch code in renderers/volume.py is the reference for every function here; the
 // formulas below follow it operation for operation where the tests compare bit for bit
-// (marching: the same float32 lattice and cell arithmetic, built with -ffp-contract=off so no
-// multiply-add is fused), and within rounding elsewhere (compositing sums run in double).
+// (marching: the same float32 lattice and cell arithmetic, built with -ffp-contract=off so that
+// only the multiply-adds that torch.addcmul fuses are fused, with std::fma), and within rounding
+// elsewhere (compositing sums run in double).
 //
 // Threads: at::parallel_for over rays (marching) or over runs of one ray's samples
 // (compositing); every output element is written by exactly one thread.
@@ -58,8 +59,8 @@ std::vector<torch::Tensor> march_cells(torch::Tensor k_first, torch::Tensor coun
   const float fb = static_cast<float>(block);
   auto block_marked = [&](int64_t r, float kk) -> bool {
     const float* p = g + 6 * r;
-    float bx = std::floor((p[0] + p[3] * kk) / fb), by = std::floor((p[1] + p[4] * kk) / fb);
-    float bz = std::floor((p[2] + p[5] * kk) / fb);
+    float bx = std::floor(std::fma(p[3], kk, p[0]) / fb), by = std::floor(std::fma(p[4], kk, p[1]) / fb);
+    float bz = std::floor(std::fma(p[5], kk, p[2]) / fb);
     int64_t ix = static_cast<int64_t>(std::min(std::max(bx, 0.0f), static_cast<float>(mx - 1)));
     int64_t iy = static_cast<int64_t>(std::min(std::max(by, 0.0f), static_cast<float>(my - 1)));
     int64_t iz = static_cast<int64_t>(std::min(std::max(bz, 0.0f), static_cast<float>(mz - 1)));
@@ -71,7 +72,8 @@ std::vector<torch::Tensor> march_cells(torch::Tensor k_first, torch::Tensor coun
   auto kept = [&](int64_t r, float kk) -> bool {
     if (!grid) return true;
     const float* p = g + 6 * r;
-    float ux = p[0] + p[3] * kk, uy = p[1] + p[4] * kk, uz = p[2] + p[5] * kk;
+    // torch.addcmul (the twin) rounds p + q * k once, as a fused multiply-add
+    float ux = std::fma(p[3], kk, p[0]), uy = std::fma(p[4], kk, p[1]), uz = std::fma(p[5], kk, p[2]);
     float ix = std::min(std::max(std::floor(ux), 0.0f), fx);
     float iy = std::min(std::max(std::floor(uy), 0.0f), fy);
     float iz = std::min(std::max(std::floor(uz), 0.0f), fz);

@@ -49,7 +49,7 @@ def test_kernels_build_here():
 
 @pytest.mark.parametrize("res,fraction", [(16, 1.0), (32, 0.3), (64, 0.05), ((24, 40, 8), 0.5)])
 def test_march_matches_twin_exactly(monkeypatch, res, fraction):
-    gen = torch.Generator().manual_seed(hash((str(res), fraction)) % 1000)
+    gen = torch.Generator().manual_seed(3)  # this seed put a midpoint on a cell face (x = 15 - 1 ulp) at 32^3
     o, d = _rays(3000, gen)
     grid = _grid(res, fraction, gen)
     t_min = torch.rand(3000, generator=gen) * 0.5
