@@ -384,8 +384,8 @@ def main(argv=None) -> int:
                                      f"{args.steps} steps, batch {args.batch_size}{crop}, {device}", args.eval_every)
     print()
     print(table(means))
-    print(f"\nfinal PSNR / SSIM: full-resolution reconstruction. Time to 30 dB: first curve point >= 30 dB, "
-          f"mean over the images that reached it; " + ("the curve PSNR is on the full image." if args.eval_every
+    print("\nfinal PSNR / SSIM: full-resolution reconstruction. Time to 30 dB: first curve point >= 30 dB, "
+          "mean over the images that reached it; " + ("the curve PSNR is on the full image." if args.eval_every
                                                        else "the curve PSNR is on training batches."))
     print(f"wrote {_rel(json_path)} and {_rel(png_path)} ({wall:.0f} s)")
     return 1 if any("error" in f for fits in per_image.values() for f in fits.values()) else 0
