@@ -26,7 +26,7 @@ def _cmd_fit_image(args) -> int:
     metrics = fit_image(args.image, encoder=args.encoder, steps=args.steps, out=args.out, batch_size=args.batch_size,
                         lr=args.lr, crop=args.crop, device=args.device, seed=args.seed, resume=args.resume,
                         checkpoint_every=args.checkpoint_every, progress=not args.quiet, backend=args.backend,
-                        budget=args.budget)
+                        budget=args.budget, cam=args.cam)
     print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  {metrics['params']:,} params  "
           f"{metrics['steps']} steps in {metrics['seconds']:.1f} s  ->  {args.out}")
     return 0
@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("image", nargs="?", default=None,
                      help="PNG/JPEG/TIFF/EXR file, or a bundled photo name (astronaut, camera, coffee, ...); default astronaut")
     img.add_argument("--encoder", default="hashgrid",
-                     help="hashgrid | frequency | siren | neurbf | neurbf-nosine | path/to/config.json "
+                     help="hashgrid | frequency | siren | neurbf | neurbf-nosine | ffn | path/to/config.json "
                           "(a tcnn encoding or {encoding, network})")
+    img.add_argument("--cam", action="store_true",
+                     help="coordinate-aware modulation of every hidden layer (with --encoder ffn)")
     img.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
     img.add_argument("--out", default="runs/image", help="run folder to write")
     img.add_argument("--batch-size", type=int, default=1 << 16, help="pixels per step (default 65536)")
