@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--encoder", default="hashgrid", choices=("hashgrid", "neurbf"),
                      help="position encoding of the ngp field; neurbf places its kernels after a short warm-up fit")
     rec.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps before placing NeuRBF kernels")
+    rec.add_argument("--cam", action="store_true",
+                     help="coordinate-aware modulation of the ngp density MLP by a view-direction grid")
     rec.add_argument("--steps", type=int, default=2000)
     rec.add_argument("--out", default="runs/scene")
     rec.add_argument("--target-samples", type=int, default=None,
@@ -274,7 +276,7 @@ def _cmd_reconstruct(args) -> int:
                     target_samples=args.target_samples, lr=args.lr, downscale=args.downscale,
                     grid_resolution=args.grid_resolution, eval_views=args.eval_views, device=args.device,
                     backend=args.backend, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps)
+                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps, cam=args.cam)
     print(f"test PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f} over {m['test_views']} views  {m['steps']} steps in "
           f"{m['seconds']:.1f} s  train {m['train_rays_per_second']:,.0f} rays/s  ->  {args.out}")
     return 0

@@ -186,3 +186,17 @@ def test_reconstruct_with_neurbf_runs_and_reopens(tmp_path):
     assert cfg["field"]["encoding"]["otype"] == "NeuRBF" and cfg["train"]["kernel_init"]["n_kernels"] > 0
     run = fieldstudio.load_run(out)
     assert run.field.encoding.otype == "NeuRBF"
+
+
+def test_reconstruct_with_cam_runs_and_reopens(tmp_path, capsys):
+    out = tmp_path / "cam"
+    m = reconstruct(None, steps=20, out=out, eval_views=1, cam=True, **SHORT)
+    assert np.isfinite(m["psnr"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["cam"] is True and cfg["field"]["cam"]["coordinates"] == "direction"
+    run = fieldstudio.load_run(out)
+    assert run.field.cam is not None
+    assert float(run.field.cam.grid.detach()[0, 1].abs().max()) > 0  # beta trained
+    assert main(["reconstruct", "--field", "nerf", "--cam", "--out", str(tmp_path / "n"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--cam" in err and "Traceback" not in err
