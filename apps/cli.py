@@ -26,7 +26,7 @@ def _cmd_fit_image(args) -> int:
     metrics = fit_image(args.image, encoder=args.encoder, steps=args.steps, out=args.out, batch_size=args.batch_size,
                         lr=args.lr, crop=args.crop, device=args.device, seed=args.seed, resume=args.resume,
                         checkpoint_every=args.checkpoint_every, progress=not args.quiet, backend=args.backend,
-                        budget=args.budget)
+                        budget=args.budget, cam=args.cam)
     print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  {metrics['params']:,} params  "
           f"{metrics['steps']} steps in {metrics['seconds']:.1f} s  ->  {args.out}")
     return 0
@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("image", nargs="?", default=None,
                      help="PNG/JPEG/TIFF/EXR file, or a bundled photo name (astronaut, camera, coffee, ...); default astronaut")
     img.add_argument("--encoder", default="hashgrid",
-                     help="hashgrid | frequency | siren | neurbf | neurbf-nosine | path/to/config.json "
+                     help="hashgrid | frequency | siren | neurbf | neurbf-nosine | ffn | path/to/config.json "
                           "(a tcnn encoding or {encoding, network})")
+    img.add_argument("--cam", action="store_true",
+                     help="coordinate-aware modulation of every hidden layer (with --encoder ffn)")
     img.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
     img.add_argument("--out", default="runs/image", help="run folder to write")
     img.add_argument("--batch-size", type=int, default=None,
@@ -230,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--encoder", default="hashgrid", choices=("hashgrid", "neurbf"),
                      help="position encoding of the ngp field; neurbf places its kernels after a short warm-up fit")
     rec.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps before placing NeuRBF kernels")
+    rec.add_argument("--cam", action="store_true",
+                     help="coordinate-aware modulation of the ngp density MLP by a view-direction grid")
     rec.add_argument("--steps", type=int, default=2000)
     rec.add_argument("--out", default="runs/scene")
     rec.add_argument("--target-samples", type=int, default=None,
@@ -274,7 +278,7 @@ def _cmd_reconstruct(args) -> int:
                     target_samples=args.target_samples, lr=args.lr, downscale=args.downscale,
                     grid_resolution=args.grid_resolution, eval_views=args.eval_views, device=args.device,
                     backend=args.backend, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps)
+                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps, cam=args.cam)
     print(f"test PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f} over {m['test_views']} views  {m['steps']} steps in "
           f"{m['seconds']:.1f} s  train {m['train_rays_per_second']:,.0f} rays/s  ->  {args.out}")
     return 0

@@ -24,15 +24,22 @@ from .config_files import read_encoder_file
 from .training import TrainingStopped, TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
 
 
-def resolve_field_config(encoder: str, n_channels: int, size: tuple[int, int]) -> tuple[dict[str, Any], float]:
+def resolve_field_config(encoder: str, n_channels: int, size: tuple[int, int],
+                         cam: bool = False) -> tuple[dict[str, Any], float]:
     """``encoder`` is a preset name or a JSON file; returns (field config, default learning rate).
+
+    ``cam`` adds coordinate-aware modulation (the ``ffn`` preset only; a JSON field config may
+    carry its own ``"modulation"``).
 
     A JSON file may hold a whole field config (``{"encoding": ..., "network": ...}``) or just a
     tcnn encoding config (``{"otype": "HashGrid", ...}``), which then gets the hash-grid preset's
     2 x 64 MLP.
     """
+    if cam and encoder != "ffn":
+        raise ConfigError(f"--cam is defined for --encoder ffn, not '{encoder}'",
+                          "use --encoder ffn --cam (or put a \"modulation\" in a field config file)")
     if encoder in IMAGE_PRESETS:
-        return image_field_preset(encoder, n_channels, size), PRESET_LR[encoder]
+        return image_field_preset(encoder, n_channels, size, cam=cam), PRESET_LR[encoder]
     cfg = read_encoder_file(encoder, IMAGE_PRESETS, example='{"otype": "HashGrid"}')
     lr = float(cfg.pop("learning_rate", 1e-2)) if "encoding" in cfg else 1e-2
     if "encoding" in cfg:
@@ -156,12 +163,13 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
               batch_size: int | None = None, lr: float | None = None, crop: int | None = None, device: str = "auto",
               seed: int = 0, resume: bool = False, checkpoint_every: int = 250, progress: bool = True,
               backend: str = "auto", budget: int | None = None, callback=None, eval_every: int = 0,
-              stop_at_psnr: float | None = None) -> dict[str, Any]:
+              stop_at_psnr: float | None = None, cam: bool = False) -> dict[str, Any]:
     """Fit ``image`` (a path, a bundled photo name, or None for the default photo) and write a run.
 
     ``budget`` resizes the field to at most that many parameters (`fit_to_budget`).
     ``batch_size`` / ``lr`` default to `image_defaults` (2^16 pixels on a GPU; 2^14 and, for the
     hash grid, 2e-2 on a CPU).
+    ``cam`` adds the CAM paper's coordinate-aware modulation (with ``encoder="ffn"``).
     ``callback(step, record) -> bool|None`` follows training and may stop it (see `train`).
     ``resume=True`` continues the run in ``out`` (image, field and settings come from its
     config.json; ``steps`` is the new total). Returns the metrics written to metrics.json.
@@ -185,7 +193,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
         if steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {steps}", "e.g. --steps 1000")
         target, data = _load_target(image, crop)
-        field_cfg, default_lr = resolve_field_config(encoder, data["channels"], (data["height"], data["width"]))
+        field_cfg, default_lr = resolve_field_config(encoder, data["channels"], (data["height"], data["width"]), cam=cam)
         auto = image_defaults(dev, encoder)
         lr = (auto["lr"] or default_lr) if lr is None else lr
         batch_size = auto["batch_size"] if batch_size is None else batch_size
@@ -204,7 +212,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
     config = {
         "format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "image",
         "field": fld.config, "data": data,
-        "train": {"encoder": encoder, "lr": lr, "batch_size": batch_size, "seed": seed, "steps": steps, "budget": budget,
+        "train": {"encoder": encoder, "cam": bool(cam or field_cfg.get("modulation")), "lr": lr, "batch_size": batch_size, "seed": seed, "steps": steps, "budget": budget,
                   "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15}},
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,8 @@ class SceneModel(nn.Module):
 
         def sigma_fn(ts, te, ri):
             x = o[ri] + d[ri] * ((ts + te) * 0.5)[:, None]
-            return self.field.density(self.to_unit(x))
+            # the direction matters to a field with CAM (a view-dependent density)
+            return self.field.density(self.to_unit(x), v[ri])
 
         def rgb_sigma_fn(ts, te, ri):
             x = o[ri] + d[ri] * ((ts + te) * 0.5)[:, None]
@@ -202,7 +203,8 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
                 render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
                 eval_every: int = 0, eval_every_views: int = 4, callback=None, encoder: str = "hashgrid",
-                warmup_steps: int | None = None, stop_at_psnr: float | None = None) -> dict[str, Any]:
+                warmup_steps: int | None = None, stop_at_psnr: float | None = None,
+                cam: bool = False) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     ``field_config`` overrides entries of the field's default config (e.g. a smaller
@@ -216,6 +218,9 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     ``encoder="neurbf"`` (Instant-NGP field only) first fits the default field for ``warmup_steps``
     (default: a fifth of ``steps``, at most 300) into ``out/warmup``, places the kernels where it
     is opaque and textured, then trains the NeuRBF field from scratch.
+    ``cam=True`` (Instant-NGP field) modulates the density MLP's hidden layer by a view-direction
+    CAM grid (`fieldstudio.fields.radiance.NGP_CAM`); the occupancy grid then uses its
+    direction-free upper bound of the density.
     """
     out = Path(out)
     dev = pick_device(device)
@@ -234,6 +239,9 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     if encoder == "neurbf" and field != "ngp":
         raise ConfigError(f"--encoder neurbf replaces the hash grid of the ngp field, not of '{field}'",
                           "use --field ngp with --encoder neurbf")
+    if cam and not resume and (field != "ngp" or encoder != "hashgrid"):
+        raise ConfigError(f"--cam modulates the density MLP of the ngp field with a hash grid, not '{field}' "
+                          f"with '{encoder}'", "use --field ngp --encoder hashgrid with --cam")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}", "e.g. --steps 2000")
     ds = load_scene(data, format=format, downscale=downscale).to(dev)
@@ -251,6 +259,10 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         grid_resolution = auto["grid_resolution"]
     if field_config is None:
         field_config = auto["field_config"]
+    if cam and not resume:
+        from fieldstudio.fields.radiance import NGP_CAM
+
+        field_config = {**(field_config or {}), "cam": dict(NGP_CAM)}
 
     init_info = None
     if resume:
@@ -270,7 +282,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         "scene": {"data": data, "format": ds.format, "downscale": downscale, "aabb": aabb.tolist(),
                   "render_step_size": step_size, "grid": {"aabb": aabb.reshape(-1).tolist(), "resolution": grid_resolution, "levels": 1},
                   "summary": ds.summary(), "normalization": ds.normalization.as_dict()},
-        "train": {"field": field, "encoder": encoder, "lr": lr, "seed": seed, "steps": steps,
+        "train": {"field": field, "encoder": encoder, "cam": model.field.config.get("cam") is not None, "lr": lr, "seed": seed, "steps": steps,
                   "target_samples": target_samples, **({"kernel_init": init_info} if init_info else {}),
                   "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15},
                   "schedule": "linear warm-up 100 steps, x0.33 at 50/75/90 %"},

@@ -56,15 +56,26 @@ def make_adam(module: torch.nn.Module, lr: float, param_groups: list[dict] | Non
 
 
 def encoder_param_groups(fld: torch.nn.Module, lr: float) -> list[dict] | None:
-    """Separate rates when the field's encoder asks for its own (``encoding.lr_factor``), else None."""
-    enc = getattr(fld, "encoding", None)
-    factor = getattr(enc, "lr_factor", None)
-    if enc is None or factor is None or factor == 1.0:
+    """Separate rates for the modules that ask for their own (an ``lr_factor`` attribute), else None.
+
+    The field's encoder (``encoding.lr_factor``, e.g. NeuRBF) and any CAM modulation grid (factor 10)
+    carry the tag; a module's parameters take the factor of the outermost tagged module holding them.
+    """
+    factor_of: dict[int, float] = {}
+    for _, mod in fld.named_modules():
+        factor = getattr(mod, "lr_factor", None)
+        if mod is fld or not isinstance(factor, (int, float)):
+            continue
+        for p in mod.parameters():
+            factor_of.setdefault(id(p), float(factor))
+    if all(f == 1.0 for f in factor_of.values()):
         return None
-    enc_ids = {id(p) for p in enc.parameters()}
-    rest = [p for p in fld.parameters() if p.requires_grad and id(p) not in enc_ids]
-    mine = [p for p in enc.parameters() if p.requires_grad]
-    return [{"params": rest}, {"params": mine, "lr": lr * factor}]
+    groups: dict[float, list] = {}
+    for p in fld.parameters():
+        if p.requires_grad:
+            groups.setdefault(factor_of.get(id(p), 1.0), []).append(p)
+    rest = groups.pop(1.0, [])
+    return [{"params": rest}] + [{"params": ps, "lr": lr * f} for f, ps in groups.items()]
 
 
 def psnr_from_mse(mse: float) -> float:

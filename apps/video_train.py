@@ -61,6 +61,7 @@ def _fit(field, head: int, frames: torch.Tensor, steps: int, lr: float, batch: i
     from tqdm.auto import tqdm
 
     n = frames.shape[0]
+    # params: tensors, or groups with an "lr_factor" (CAM's grids train at 10x the rate)
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(seed)
     tensors = [(getattr(layer, attr), frozen[name].to(frames.device)) for name, layer, attr in masked_tensors(field)]
@@ -70,7 +71,7 @@ def _fit(field, head: int, frames: torch.Tensor, steps: int, lr: float, batch: i
     bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * _cosine(step, steps)
+            g["lr"] = lr * g.get("lr_factor", 1.0) * _cosine(step, steps)
         if cursor + batch > n:  # one pass over the frames per epoch, in a new order
             perm, cursor = torch.randperm(n, generator=gen), 0
         idx = perm[cursor:cursor + batch].to(frames.device)
@@ -120,6 +121,15 @@ def prune_new(field, masks: dict[str, torch.Tensor], used: dict[str, torch.Tenso
     return out
 
 
+def _groups(field: VideoField, s: int, shared: list) -> list[dict]:
+    """Adam groups: the shared tensors and video s's head at the base rate, its CAM grids at theirs."""
+    groups = [{"params": shared + list(field.heads[s].parameters())}]
+    if field.cams is not None:
+        for cam in field.cams[s]:
+            groups.append({"params": list(cam.parameters()), "lr_factor": cam.lr_factor})
+    return groups
+
+
 def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: float = 24.0, steps: int = 1000,
                   capacity: float = 1.0, prune: float = 0.2, finetune: float = 0.2, lr: float = 1e-2, batch: int = 2,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
@@ -140,6 +150,10 @@ def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: f
         ref = torch.nn.Conv2d(field.heads[s].in_channels, 3, 1)
         field.heads[s].weight.copy_(ref.weight)
         field.heads[s].bias.copy_(ref.bias)
+        if field.cams is not None:  # identity modulation to start: gamma 1, beta 0
+            for cam in field.cams[s]:
+                cam.grid[:, 0] = 1.0
+                cam.grid[:, 1] = 0.0
     frames = torch.from_numpy(frames_u8).to(device).permute(0, 3, 1, 2).float() / 255
     field.train()
     history: list[dict] = []
@@ -149,7 +163,7 @@ def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: f
     shared = [p for _, p in field.shared_parameters()]
     score_params = [getattr(layer, f"score_{a}") for _, layer, a in masked_tensors(field)] if scores else []
     train_steps = max(1, int(round(steps * (1 - finetune)))) if prune > 0 else steps
-    _fit(field, s, frames, train_steps, lr, batch, used, shared + score_params + list(field.heads[s].parameters()),
+    _fit(field, s, frames, train_steps, lr, batch, used, _groups(field, s, shared + score_params),
          seed, f"video {s + 1}", progress, history, callback)
     masks = {key: layer.current_mask(attr).cpu() for key, layer, attr in masked_tensors(field)}
     if prune > 0:
@@ -159,7 +173,7 @@ def train_session(lib: VideoLibrary, frames_u8: np.ndarray, *, name: str, fps: f
             getattr(layer, f"mask_{attr}").copy_(masks[key].to(getattr(layer, attr).device))
         ft_steps = steps - train_steps
         if ft_steps > 0:
-            _fit(field, s, frames, ft_steps, lr * 0.5, batch, used, shared + list(field.heads[s].parameters()),
+            _fit(field, s, frames, ft_steps, lr * 0.5, batch, used, _groups(field, s, shared),
                  seed + 7, f"video {s + 1} fine-tune", progress, history, callback, offset=train_steps)
     train_seconds = time.perf_counter() - t0
     meta = {"name": name, "frames": int(frames_u8.shape[0]), "height": int(frames_u8.shape[1]),

@@ -152,7 +152,7 @@ class VideoLibrary:
                 p.copy_(deq.to(p.device))
                 codes.append(c)
                 stats.append(st)
-            for p in self.field.heads[s].parameters():
+            for p in self.field.session_parameters(s):
                 c, st, deq = quantize(p, torch.ones_like(p, dtype=torch.bool, device="cpu"), self.bits)
                 p.copy_(deq.to(p.device))
                 codes.append(c)
@@ -240,7 +240,7 @@ class VideoLibrary:
                 masks[name] = m
                 new = m & ~used[name]
                 so, co = self._fill(p, new, stats_all, codes_all, so, co)
-            for p in self.field.heads[s].parameters():
+            for p in self.field.session_parameters(s):
                 so, co = self._fill(p, torch.ones(p.shape, dtype=torch.bool), stats_all, codes_all, so, co)
         if bo != len(mask_bits) or so != len(stats_all) or co != len(codes_all):
             raise ValueError("chunk sizes do not match the network")

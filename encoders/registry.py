@@ -21,6 +21,8 @@ _MODULES = (
     "spherical_harmonics",
     "geo",
     "neurbf",
+    "cam",
+    "random_fourier",
 )
 _loaded = False
 

@@ -23,6 +23,8 @@ _FIELDS = {
     "input_range": Field(str, "unit", choices=("unit", "signed")),
     # how the network output becomes colour: "linear" as is; "signed" maps [-1,1] -> [0,1] (SIREN targets)
     "output_range": Field(str, "linear", choices=("linear", "signed")),
+    # CAM (encoders/cam.py): a grid over the pixel coordinates modulating every hidden layer of the MLP
+    "modulation": Field((dict, type(None)), None, doc='{"otype": "CAM", ...} or null'),
 }
 
 
@@ -39,6 +41,10 @@ class ImageField(nn.Module):
         # keep the canonical (defaults filled in) sub-configs, so the written config is complete
         self.cfg["encoding"] = self.encoding.config
         self.cfg["network"] = self.network.config
+        self.modulation = None
+        if self.cfg["modulation"] is not None:
+            self.modulation = _build_modulation(self.cfg["modulation"], self.network)
+            self.cfg["modulation"] = self.modulation.config
 
     @property
     def config(self) -> dict[str, Any]:
@@ -50,7 +56,13 @@ class ImageField(nn.Module):
 
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
         x = uv * 2.0 - 1.0 if self.cfg["input_range"] == "signed" else uv
-        out = self.network(self.encoding(x))
+        if self.modulation is None:
+            out = self.network(self.encoding(x))
+        else:
+            # the grid always sees pixel coordinates in [0, 1], whatever range the encoder wants
+            gamma, beta = self.modulation.gamma_beta(uv)
+            out = self.network(self.encoding(x),
+                               modulate=lambda i, h: self.modulation.modulate(h, gamma, beta, i))
         if self.cfg["output_range"] == "signed":
             out = out * 0.5 + 0.5
         return out
@@ -60,12 +72,48 @@ class ImageField(nn.Module):
         return {self.channel_names[0]: self(uv)}
 
 
-def image_field_preset(name: str, n_channels: int, image_size: tuple[int, int]) -> dict[str, Any]:
+def _build_modulation(cfg: Mapping[str, Any], network):
+    from fieldstudio.encoders import build_encoding
+    from fieldstudio.errors import ConfigError
+    from .networks import MLP
+
+    if not isinstance(network, MLP) or network.cfg["n_hidden_layers"] < 1:
+        raise ConfigError("image field: a modulation needs an MLP network with hidden layers",
+                          'use an MLP network (e.g. "otype": "FullyFusedMLP") or drop "modulation"')
+    mod = build_encoding(cfg, 2, backend="torch")
+    if mod.otype != "CAM":
+        raise ConfigError(f"image field: modulation otype '{mod.otype}' is not a modulation", 'use "otype": "CAM"')
+    n, width = network.cfg["n_hidden_layers"], network.cfg["n_neurons"]
+    if mod.cfg["n_layers"] != n or mod.cfg["n_channels"] not in (1, width):
+        raise ConfigError(f"image field: the CAM grid has {mod.cfg['n_layers']} layers x {mod.cfg['n_channels']} "
+                          f"channels but the network has {n} hidden layers x {width}",
+                          f"set n_layers {n} and n_channels 1 (shared) or {width}")
+    if mod.cfg["norm"] not in ("sample", "none"):
+        raise ConfigError(f"image field: normalisation '{mod.cfg['norm']}' does not apply to pixel samples",
+                          'use norm "sample" or "none"')
+    return mod
+
+
+def cam_image_modulation(n_hidden_layers: int) -> dict[str, Any]:
+    """The paper's image CAM: a 2-channel 32 x 32 grid over (x, y), gamma and beta shared by all
+    channels, each pixel's features normalised over their channels, on every hidden layer."""
+    return {"otype": "CAM", "resolution": [32, 32], "n_layers": n_hidden_layers, "n_channels": 1,
+            "norm": "sample", "lr_factor": 10.0}
+
+
+#: the FFN's width with CAM: three 32 x 32 x 2 grids (6144 values) on top of the 3 x 256 FFN
+#: (263,683 values) would add 2.3%; 252 units bring FFN + CAM to 263,691 (+0.003%)
+FFN_CAM_WIDTH = 252
+
+
+def image_field_preset(name: str, n_channels: int, image_size: tuple[int, int], cam: bool = False) -> dict[str, Any]:
     """Config of a sensible field for ``--encoder NAME`` on an image of ``(H, W)`` pixels.
 
     hashgrid follows instant-ngp's image config (16 levels x 2 features, N_max = max(H, W) / 2,
     2 x 64 ReLU MLP); frequency is NeRF's positional encoding with a ReLU MLP; siren is the
-    official image SIREN (3 x 256 hidden, omega_0 = 30, coordinates and targets in [-1, 1]).
+    official image SIREN (3 x 256 hidden, omega_0 = 30, coordinates and targets in [-1, 1]);
+    ffn is the CAM paper's Fourier feature network. ``cam=True`` adds the paper's image CAM to
+    the ffn preset (the only one it is defined for here).
     """
     import math
 
@@ -97,6 +145,18 @@ def image_field_preset(name: str, n_channels: int, image_size: tuple[int, int]) 
             "network": {"otype": "SIREN", "n_neurons": 256, "n_hidden_layers": 3,
                         "first_omega_0": 30.0, "hidden_omega_0": 30.0},
         }
+    if name == "ffn":
+        # the CAM paper's FFN baseline (Tancik et al.'s Fourier feature network): 256 Gaussian
+        # frequencies with sigma 10, 3 x 256 ReLU layers with biases, sigmoid output
+        cfg = {
+            "n_channels": n_channels,
+            "encoding": {"otype": "RandomFourierFeatures", "n_frequencies": 256, "sigma": 10.0, "seed": 0},
+            "network": {"otype": "MLP", "activation": "ReLU", "output_activation": "Sigmoid",
+                        "n_neurons": FFN_CAM_WIDTH if cam else 256, "n_hidden_layers": 3, "bias": True},
+        }
+        if cam:
+            cfg["modulation"] = cam_image_modulation(3)
+        return cfg
     if name in ("neurbf", "neurbf-nosine"):
         return neurbf_image_preset(n_channels, image_size, sine=name == "neurbf")
     raise KeyError(name)
@@ -132,9 +192,10 @@ def neurbf_image_preset(n_channels: int, image_size: tuple[int, int], sine: bool
     }
 
 
-#: Adam learning rate that suits each preset (tcnn's image sample uses 1e-2 for grids; SIREN's paper 1e-4).
+#: Adam learning rate that suits each preset (tcnn's image sample uses 1e-2 for grids; SIREN's paper 1e-4;
+#: the CAM paper's FFN 1e-3).
 #: NeuRBF: the official 1e-2 (network) with 5e-3 (kernels, grid) was unstable over a few hundred
 #: steps (the first layer's sin(m' h), m' up to 100, amplifies early updates); half of both works
 #: (kodim05, 128 px crop, 150 steps: 30.5 dB at the official rates, 33.9 dB at half)
-PRESET_LR = {"hashgrid": 1e-2, "frequency": 1e-3, "siren": 1e-4, "neurbf": 5e-3, "neurbf-nosine": 5e-3}
+PRESET_LR = {"hashgrid": 1e-2, "frequency": 1e-3, "siren": 1e-4, "neurbf": 5e-3, "neurbf-nosine": 5e-3, "ffn": 1e-3}
 IMAGE_PRESETS = tuple(PRESET_LR)

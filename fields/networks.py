@@ -174,11 +174,14 @@ class MLP(Network):
             if layer.bias is not None:
                 layer.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, modulate=None) -> torch.Tensor:
+        """``modulate(i, h) -> h`` (optional) rewrites hidden layer ``i``'s pre-activation (CAM's hook)."""
         self._check_input(x)
         *hidden, last = self.layers
         for i, layer in enumerate(hidden):
             h = layer(x)
+            if modulate is not None:
+                h = modulate(i, h)
             if i == 0 and self.first_freqs is not None:
                 x = h + torch.sin(h * self.first_freqs.to(h.dtype))
             else:

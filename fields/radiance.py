@@ -13,7 +13,7 @@ Inputs: positions ``x [..., 3]`` in [0, 1]^3 -- the scene box normalised to the 
 renderer's closures map world points there) -- and *unit* view directions ``d [..., 3]`` (the
 direction encodings take ``(d + 1) / 2``, tcnn's convention). Outputs:
 
-* ``density(x) -> sigma [...]``, ``forward(x, d) -> (rgb [..., 3], sigma [...])``;
+* ``density(x, d=None) -> sigma [...]``, ``forward(x, d) -> (rgb [..., 3], sigma [...])``;
 * ``channels(x, d=None)`` -> ``{"density", "log_density", "feature", "rgb"}`` (rgb only with ``d``):
   ``feature`` is the raw 16-d density-MLP output (PVD's ``feature_sigma_color``, entry 0 included),
   ``log_density`` its entry 0 after the optional ``log_density_clip`` (PVD clamps to [-2, 7]; off by
@@ -37,6 +37,7 @@ from torch import nn
 
 from fieldstudio.config import Field, at_least, parse_fields, positive
 from fieldstudio.encoders import build_encoding
+from fieldstudio.encoders.cam import normalize
 from fieldstudio.errors import ConfigError
 
 from .networks import build_network
@@ -93,7 +94,7 @@ class _RadianceField(nn.Module):
         self.cfg["direction_encoding"] = self.direction_encoding.config
         self.cfg["rgb_network"] = self.rgb_network.config
 
-    def feature(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses
+    def feature(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _log_density(self, feature: torch.Tensor) -> torch.Tensor:
@@ -105,18 +106,22 @@ class _RadianceField(nn.Module):
         h = torch.cat([self.direction_encoding(_direction_input(d)), feature[..., 1:]], dim=-1)
         return torch.sigmoid(self.rgb_network(h))
 
-    def density(self, x: torch.Tensor) -> torch.Tensor:
-        """``sigma [...]`` at positions ``x [..., 3]`` in [0, 1]^3."""
-        return trunc_exp(self._log_density(self.feature(x)))
+    def density(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """``sigma [...]`` at positions ``x [..., 3]`` in [0, 1]^3.
+
+        Only a field whose density depends on the view direction (CAM) reads ``d``; without it such
+        a field returns an upper bound over all directions (what an occupancy grid needs).
+        """
+        return trunc_exp(self._log_density(self.feature(x, d)))
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rgb [..., 3] in [0, 1], sigma [...])`` at positions ``x`` seen from unit directions ``d``."""
-        f = self.feature(x)
+        f = self.feature(x, d)
         return self._rgb(f, d), trunc_exp(self._log_density(f))
 
     def channels(self, x: torch.Tensor, d: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Named outputs (the contract every field keeps): density, log_density, feature, rgb (with ``d``)."""
-        f = self.feature(x)
+        f = self.feature(x, d)
         log_density = self._log_density(f)
         out = {"density": trunc_exp(log_density), "log_density": log_density, "feature": f}
         if d is not None:
@@ -142,7 +147,17 @@ _NGP_FIELDS = {
     "direction_encoding": Field(dict, NGP_DIRECTION_ENCODING, doc="view direction encoding, input (d + 1) / 2"),
     "rgb_network": Field(dict, NGP_RGB_NETWORK, doc="15 features + direction encoding -> rgb (sigmoid applied)"),
     "log_density_clip": Field((list, type(None)), None, check=_check_clip, doc="clamp the log-density (PVD: [-2, 7])"),
+    "cam": Field((dict, type(None)), None, doc="CAM on the density MLP's hidden layer (view-direction grid), or null"),
 }
+
+#: CAM for the NGP field: the Mip-NeRF variant's 10 x 3 (azimuth x elevation) view-direction grid,
+#: one gamma and beta shared by all channels, at 10x the learning rate. The paper normalises per
+#: ray (GroupNorm over a ray's samples and channels); here each sample is normalised over its
+#: channels, because the NGP renderer's samples per ray depend on the occupancy grid and on early
+#: stopping (and differ between the culling pass and the shading pass), so per-ray statistics would
+#: make a point's density depend on which other samples the sampler happened to keep.
+NGP_CAM = {"otype": "CAM", "coordinates": "direction", "resolution": [10, 3], "n_layers": 1, "n_channels": 1,
+           "norm": "sample", "lr_factor": 10.0}
 
 
 class NGPRadianceField(_RadianceField):
@@ -162,14 +177,72 @@ class NGPRadianceField(_RadianceField):
         self.cfg["encoding"] = self.encoding.config
         self.cfg["density_network"] = self.density_network.config
         self._init_head(self.cfg["direction_encoding"], self.cfg["rgb_network"], backend)
+        self.cam = None
+        if self.cfg["cam"] is not None:
+            self.cam = _build_cam(self.cfg["cam"], self.density_network)
+            self.cfg["cam"] = self.cam.config
 
     @property
     def config(self) -> dict[str, Any]:
         return {"otype": "NGPRadianceField", **copy.deepcopy(self.cfg)}
 
-    def feature(self, x: torch.Tensor) -> torch.Tensor:
-        """The raw 16-d density-MLP output ``[..., 16]`` (entry 0: log-density before any clip)."""
-        return self.density_network(self.encoding(x))
+    def feature(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """The raw 16-d density-MLP output ``[..., 16]`` (entry 0: log-density before any clip).
+
+        With CAM the density MLP is modulated by the view direction ``d``; without ``d`` a CAM
+        field returns, per output, an upper bound over every direction (`_feature_bound`).
+        """
+        e = self.encoding(x)
+        if self.cam is None:
+            return self.density_network(e)
+        if d is None:
+            return self._feature_bound(e)
+        gamma, beta = self.cam.gamma_beta(d.to(e.dtype))
+        return self.density_network(e, modulate=lambda i, h: self.cam.modulate(h, gamma, beta, i))
+
+    def _feature_bound(self, e: torch.Tensor) -> torch.Tensor:
+        """Upper bound over all view directions of each density-MLP output (interval arithmetic).
+
+        gamma and beta at any direction are interpolations of grid nodes, so they lie within the
+        nodes' [min, max]. The normalised pre-activation n does not depend on the direction, so
+        gamma * n + beta lies in [min(g_lo n, g_hi n) + b_lo, max(g_lo n, g_hi n) + b_hi]; the
+        activation is monotonic, and the output layer's positive weights take the upper end and
+        its negative weights the lower end. The occupancy grid thus never drops a cell that some
+        direction sees as dense (a direction-free density would otherwise be undefined).
+        """
+        net = self.density_network
+        hidden, last = net.layers[0], net.layers[1]
+        n = normalize(hidden(e), self.cam.norm, eps=self.cam.cfg["eps"])
+        g_lo, g_hi, b_lo, b_hi = (v.to(e.dtype) for v in self.cam.modulation_range(0))
+        a, b = g_lo * n, g_hi * n
+        h_hi = net.activation(torch.maximum(a, b) + b_hi)
+        h_lo = net.activation(torch.minimum(a, b) + b_lo)
+        w = last.weight
+        out = h_hi @ w.clamp(min=0).t() + h_lo @ w.clamp(max=0).t()
+        if last.bias is not None:
+            out = out + last.bias
+        return net.output_activation(out)
+
+
+def _build_cam(cfg: Mapping[str, Any], network):
+    from .networks import MLP
+
+    cam = build_encoding(cfg, 3, backend="torch")
+    if cam.otype != "CAM" or cam.cfg["coordinates"] != "direction":
+        raise ConfigError("NGPRadianceField: 'cam' must be a CAM over the view direction",
+                          'use {"otype": "CAM", "coordinates": "direction", "resolution": [10, 3]}')
+    # the direction-free bound (occupancy) is exact interval arithmetic for one modulated hidden
+    # layer followed by the output layer, with a monotonic activation
+    if not isinstance(network, MLP) or network.cfg["n_hidden_layers"] != 1 or \
+            network.cfg["activation"] not in ("ReLU", "None", "Softplus", "Sigmoid", "Exponential") or \
+            network.cfg["output_activation"] != "None" or network.first_freqs is not None:
+        raise ConfigError("NGPRadianceField: CAM needs a density MLP with one hidden layer, a monotonic activation "
+                          "and a linear output", 'use {"otype": "FullyFusedMLP", "n_hidden_layers": 1, "activation": "ReLU"}')
+    width = network.cfg["n_neurons"]
+    if cam.cfg["n_layers"] != 1 or cam.cfg["n_channels"] not in (1, width) or cam.cfg["norm"] not in ("sample", "none"):
+        raise ConfigError("NGPRadianceField: the CAM grid must have n_layers 1, n_channels 1 or the MLP width, "
+                          "and norm sample or none", "start from fieldstudio.fields.radiance.NGP_CAM")
+    return cam
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,8 +300,8 @@ class VanillaNeRF(_RadianceField):
         e = enc(v)
         return torch.cat([v, e], dim=-1) if self.cfg["include_input"] else e
 
-    def feature(self, x: torch.Tensor) -> torch.Tensor:
-        """The raw 16-d output of the trunk's last linear layer ``[..., 16]`` (entry 0: log-density)."""
+    def feature(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """The raw 16-d output of the trunk's last linear layer ``[..., 16]`` (entry 0: log-density); ``d`` unused."""
         inp = self._encode(self.position_encoding, x)
         h = inp
         skips = self.cfg["skips"]

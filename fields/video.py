@@ -10,6 +10,9 @@ mode while a session trains, ``fixed`` masks afterwards). Heads are per video an
 
 `modulation` is the per-block hook: when set, it is called as ``modulation(block, features, t)``
 after each block's upsampling and before its activation, and returns the modulated features.
+With a ``cam`` config the field carries CAM itself (FFNeRV + CAM): each block's features are
+instance-normalised over H x W and scaled and shifted per channel by a time grid of its video,
+before the hook and the activation.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ VIDEO_FIELDS = {
     "fso_block": Field(int, 1, check=at_least(0)),
     "fso_modes": Field(list, [4, 4]),
     "heads": Field(int, 1, check=at_least(1), doc="output heads, one per video"),
+    # CAM (encoders/cam.py) on every block: a time grid with per-channel gamma, beta after an
+    # instance normalisation over H x W; one set of grids per video, stored with its head
+    "cam": Field((dict, type(None)), None, doc='{"resolution": [T_mod]} (+ optional "lr_factor"), or null'),
 }
 
 
@@ -160,12 +166,32 @@ class VideoField(nn.Module):
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
         self.heads = nn.ModuleList([nn.Conv2d(c_in, 3, 1) for _ in range(cfg["heads"])])
+        self._block_channels = chans
+        self.cams = None
+        if cfg["cam"] is not None:
+            self.config["cam"] = _cam_template(cfg["cam"])
+            self.cams = nn.ModuleList([self._new_cams() for _ in range(cfg["heads"])])
         self.modulation: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def _new_cams(self) -> nn.ModuleList:
+        from fieldstudio.encoders import build_encoding
+
+        return nn.ModuleList(build_encoding({**self.config["cam"], "n_channels": c}, 1, backend="torch")
+                             for c in self._block_channels)
+
+    def session_parameters(self, video: int) -> list[torch.Tensor]:
+        """What belongs to one video alone: its head and, with CAM, its modulation grids."""
+        params = list(self.heads[video].parameters())
+        if self.cams is not None:
+            params += list(self.cams[video].parameters())
+        return params
 
     def add_head(self) -> int:
         """A fresh output head for a new video; returns its index."""
         ref = self.heads[0]
         self.heads.append(nn.Conv2d(ref.in_channels, 3, 1).to(ref.weight.device))
+        if self.cams is not None:
+            self.cams.append(self._new_cams().to(ref.weight.device))
         self.config["heads"] = len(self.heads)
         return len(self.heads) - 1
 
@@ -181,8 +207,12 @@ class VideoField(nn.Module):
         for layer in self.stem:
             x = F.silu(layer(x))
         x = x.view(t.shape[0], self.config["stem_channels"], *self.base)
+        cams = self.cams[video] if self.cams is not None else None
         for i, block in enumerate(self.blocks):
             x = block(x)
+            if cams is not None:
+                gamma, beta = cams[i].gamma_beta(t[:, None])
+                x = cams[i].modulate(x, gamma, beta)
             if self.modulation is not None:
                 x = self.modulation(i, x, t)
             x = F.silu(x)
@@ -191,14 +221,29 @@ class VideoField(nn.Module):
 
     def shared_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """Weights shared across videos (stem and blocks), without the scores."""
-        return [(n, p) for n, p in self.named_parameters() if not n.startswith("heads.") and ".score_" not in n]
+        return [(n, p) for n, p in self.named_parameters()
+                if not n.startswith(("heads.", "cams.")) and ".score_" not in n]
+
+
+def _cam_template(cam: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-block CAM config: a time grid, per-channel gamma/beta, instance normalisation."""
+    allowed = {"resolution", "lr_factor", "eps"}
+    extra = sorted(set(cam) - allowed - {"otype", "n_layers", "n_channels", "norm", "dims", "coordinates", "bounds"})
+    if extra:
+        raise ConfigError(f"VideoField: unknown cam setting(s) {extra}", f"use {sorted(allowed)}")
+    res = cam.get("resolution", [30])
+    if not (isinstance(res, list) and len(res) == 1):
+        raise ConfigError(f"VideoField: cam resolution {res!r} is not a time grid", "give one size, e.g. [30]")
+    return {"otype": "CAM", "resolution": res, "dims": [0], "coordinates": "cartesian", "bounds": [0.0, 1.0],
+            "n_layers": 1, "norm": "instance", "lr_factor": float(cam.get("lr_factor", 10.0)),
+            "eps": float(cam.get("eps", 1e-5))}
 
 
 def count_params(config: Mapping[str, Any]) -> int:
     """Weights of one video (shared tensors + one head), without building real tensors."""
     with torch.device("meta"):
         f = VideoField({**config, "heads": 1})
-    return sum(p.numel() for _, p in f.shared_parameters()) + sum(p.numel() for p in f.heads[0].parameters())
+    return sum(p.numel() for _, p in f.shared_parameters()) + sum(p.numel() for p in f.session_parameters(0))
 
 
 def size_config(height: int, width: int, target_params: int, fso: bool = False, **overrides) -> dict[str, Any]:

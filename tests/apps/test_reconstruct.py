@@ -198,3 +198,17 @@ def test_stop_at_psnr_ends_after_a_confirmed_crossing(tmp_path):
     assert inner[-1]["psnr"] >= 8.0 and inner[-2]["psnr"] >= 8.0
     assert all(min(a["psnr"], b["psnr"]) < 8.0 for a, b in zip(inner[:-2], inner[1:-1]))
     assert m["steps"] == inner[-1]["step"] + 1  # the step that found the confirmation still trains
+
+
+def test_reconstruct_with_cam_runs_and_reopens(tmp_path, capsys):
+    out = tmp_path / "cam"
+    m = reconstruct(None, steps=20, out=out, eval_views=1, cam=True, **SHORT)
+    assert np.isfinite(m["psnr"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["cam"] is True and cfg["field"]["cam"]["coordinates"] == "direction"
+    run = fieldstudio.load_run(out)
+    assert run.field.cam is not None
+    assert float(run.field.cam.grid.detach()[0, 1].abs().max()) > 0  # beta trained
+    assert main(["reconstruct", "--field", "nerf", "--cam", "--out", str(tmp_path / "n"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--cam" in err and "Traceback" not in err

@@ -62,7 +62,23 @@ def test_bad_input_exits_2_with_one_line_and_overwrites_nothing(tmp_path, frames
     assert main(["video", "append", str(corrupt), str(frames_dir)] + FAST) == 2
     assert corrupt.read_bytes() == bytes(bad)
     assert main(["video", "info", str(tmp_path / "missing.fsv")]) == 2
-    assert main(["video", "compress", "--out", str(tmp_path / "x.fsv"), "--cam"] + FAST) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 7 and all(line.startswith("fieldstudio: error:") for line in err), err
+    assert len(err) == 6 and all(line.startswith("fieldstudio: error:") for line in err), err
     assert "checksum mismatch" in "\n".join(err)
+
+
+def test_compress_with_cam_stores_the_time_grids(tmp_path, frames_dir, capsys):
+    out = tmp_path / "cam.fsv"
+    assert main(["video", "compress", str(frames_dir), "--out", str(out), "--bpp", "2", "--cam"] + FAST) == 0
+    lib = fsv.load(out)
+    assert lib.field.cams is not None and lib.field.config["cam"]["norm"] == "instance"
+    metrics = json.loads((tmp_path / "cam.metrics.json").read_text())
+    assert metrics["config"]["cam"]["resolution"] == [2]  # 4 frames: the smallest grid
+    # the decoder's grids are the trained ones: beta moved away from 0 and survives the file
+    betas = [float(c.grid.detach()[0, 1].abs().max()) for c in lib.field.cams[0]]
+    assert max(betas) > 0
+    first = lib.decode(0)
+    assert main(["video", "append", str(out)] + FAST) == 0
+    again = fsv.load(out)
+    assert len(again.field.cams) == 2
+    assert np.array_equal(again.decode(0).numpy(), first.numpy())
