@@ -49,7 +49,9 @@ def cpu_kernels():
                 src = Path(__file__).parent / "csrc"
                 module = cpp_extension.load(
                     name="fieldstudio_cpu_kernels", sources=[str(src / s) for s in _SOURCES],
-                    extra_cflags=["-O3"], verbose=False)
+                    # -fopenmp: at::parallel_for is an inline OpenMP region in torch's headers;
+                    # without the flag it compiles to a serial loop
+                    extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as exc:  # a failed build must never break fitting: use the PyTorch twins
                 why = f"the build failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''})"
                 module = None
