@@ -19,7 +19,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("grid.cpp",)
+_SOURCES = ("grid.cpp", "rbf.cpp")
 _STATE: dict = {}
 _LOCK = threading.Lock()
 

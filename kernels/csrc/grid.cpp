@@ -129,24 +129,34 @@ inline int64_t corner_of(const int32_t* i0, int c, const LevelInfo& lv) {
 
 // Points are processed in blocks, and inside a block level after level: the block's slice of the
 // outputs / upstream gradients stays in L2 while one level's table rows are being hit.
-constexpr int64_t kBlock = 1024;
+constexpr int64_t kBlock = 512;
 
 template <int D, int F, typename scalar_t>
 void forward_impl(const scalar_t* x, const scalar_t* table, scalar_t* out, int64_t n,
                   const std::vector<LevelInfo>& levels, int interp) {
   const int64_t L = levels.size();
+  constexpr int C = 1 << D;
   at::parallel_for(0, n, kBlock, [&](int64_t begin, int64_t end) {
-    int64_t idx[1 << D];
-    scalar_t w[1 << D];
+    // two passes per block and level: all corner addresses first (with prefetches), then the
+    // gathers, so the random table reads overlap instead of waiting on one another
+    std::vector<int64_t> idx(kBlock * C);
+    std::vector<scalar_t> w(kBlock * C);
     for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
       const int64_t b1 = std::min(end, b0 + kBlock);
       for (int64_t l = 0; l < L; ++l) {
+        int nc = 0;
         for (int64_t i = b0; i < b1; ++i) {
-          const int nc = corners<D>(x + i * D, levels[l], interp, idx, w);
+          int64_t* ii = idx.data() + (i - b0) * C;
+          nc = corners<D>(x + i * D, levels[l], interp, ii, w.data() + (i - b0) * C);
+          for (int c = 0; c < nc; ++c) __builtin_prefetch(table + ii[c] * F);
+        }
+        for (int64_t i = b0; i < b1; ++i) {
+          const int64_t* ii = idx.data() + (i - b0) * C;
+          const scalar_t* wi = w.data() + (i - b0) * C;
           scalar_t acc[F] = {};
           for (int c = 0; c < nc; ++c) {
-            const scalar_t* row = table + idx[c] * F;
-            for (int f = 0; f < F; ++f) acc[f] += w[c] * row[f];
+            const scalar_t* row = table + ii[c] * F;
+            for (int f = 0; f < F; ++f) acc[f] += wi[c] * row[f];
           }
           scalar_t* o = out + i * L * F + l * F;
           for (int f = 0; f < F; ++f) o[f] = acc[f];
@@ -207,37 +217,57 @@ template <int D, int F, typename scalar_t>
 void backward_impl(const scalar_t* x, const scalar_t* table, const scalar_t* grad_out, scalar_t* grad_table,
                    scalar_t* grad_x, int64_t n, const std::vector<LevelInfo>& levels, int interp) {
   const int64_t L = levels.size();
+  constexpr int C = 1 << D;
   const bool want_x = grad_x != nullptr && interp != kNearest;
   over_levels<scalar_t>(L, n, D, want_x ? grad_x : nullptr, [&](int64_t t, int64_t nt, scalar_t* gx) {
     int32_t i0[D];
-    scalar_t f[D], df[D], ddf[D], dw[D];
+    scalar_t f[D], df[D], ddf[D];
+    // as in the forward: corner addresses of a block first (prefetching the rows), then the
+    // scatter; the geometry is kept for the input gradient
+    std::vector<int64_t> idx(kBlock * C);
+    std::vector<scalar_t> w(kBlock * C), dw(want_x ? kBlock * C * D : 0);
     for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
       const int64_t b1 = std::min(n, b0 + kBlock);
       for (int64_t l = t; l < L; l += nt) {
         const LevelInfo& lv = levels[l];
         for (int64_t i = b0; i < b1; ++i) {
-          const scalar_t* g = grad_out + i * L * F + l * F;
+          int64_t* ii = idx.data() + (i - b0) * C;
           geometry<D>(x + i * D, lv, interp, i0, f, df, ddf);
           if (interp == kNearest) {
+            ii[0] = corner_index<D>(i0, lv);
+            if (grad_table != nullptr) __builtin_prefetch(grad_table + ii[0] * F, 1);
+            continue;
+          }
+          for (int c = 0; c < C; ++c) {
+            ii[c] = corner_of<D>(i0, c, lv);
+            w[(i - b0) * C + c] = corner_weight<D>(c, f, df, want_x ? dw.data() + ((i - b0) * C + c) * D : nullptr);
+            if (grad_table != nullptr) __builtin_prefetch(grad_table + ii[c] * F, 1);
+            if (want_x) __builtin_prefetch(table + ii[c] * F);
+          }
+        }
+        for (int64_t i = b0; i < b1; ++i) {
+          const int64_t* ii = idx.data() + (i - b0) * C;
+          const scalar_t* g = grad_out + i * L * F + l * F;
+          if (interp == kNearest) {
             if (grad_table != nullptr) {
-              scalar_t* row = grad_table + corner_index<D>(i0, lv) * F;
+              scalar_t* row = grad_table + ii[0] * F;
               for (int q = 0; q < F; ++q) row[q] += g[q];
             }
             continue;
           }
+          const scalar_t* wi = w.data() + (i - b0) * C;
           scalar_t acc[D] = {};
-          for (int c = 0; c < (1 << D); ++c) {
-            const int64_t idx = corner_of<D>(i0, c, lv);
-            const scalar_t w = corner_weight<D>(c, f, df, want_x ? dw : nullptr);
+          for (int c = 0; c < C; ++c) {
             if (grad_table != nullptr) {
-              scalar_t* row = grad_table + idx * F;
-              for (int q = 0; q < F; ++q) row[q] += w * g[q];
+              scalar_t* row = grad_table + ii[c] * F;
+              for (int q = 0; q < F; ++q) row[q] += wi[c] * g[q];
             }
             if (want_x) {
-              const scalar_t* row = table + idx * F;
+              const scalar_t* row = table + ii[c] * F;
+              const scalar_t* dwc = dw.data() + ((i - b0) * C + c) * D;
               scalar_t h = 0;
               for (int q = 0; q < F; ++q) h += g[q] * row[q];
-              for (int k = 0; k < D; ++k) acc[k] += h * dw[k];
+              for (int k = 0; k < D; ++k) acc[k] += h * dwc[k];
             }
           }
           if (want_x)
@@ -395,8 +425,18 @@ std::vector<torch::Tensor> grid_double_backward(torch::Tensor x, torch::Tensor p
   return {d_table, d_g, d_x};
 }
 
+// rbf.cpp
+torch::Tensor rbf_forward(torch::Tensor x, torch::Tensor idx, torch::Tensor centres, torch::Tensor shapes,
+                          torch::Tensor weights, torch::Tensor freqs, int64_t kernel, int64_t shape, bool normalize);
+std::vector<torch::Tensor> rbf_backward(torch::Tensor grad_out, torch::Tensor x, torch::Tensor idx,
+                                        torch::Tensor centres, torch::Tensor shapes, torch::Tensor weights,
+                                        torch::Tensor freqs, int64_t kernel, int64_t shape, bool normalize,
+                                        bool need_x, bool need_centres, bool need_shapes, bool need_weights);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("grid_forward", &grid_forward, "multiresolution grid lookup (CPU)");
   m.def("grid_backward", &grid_backward, "gradients of the lookup to the table and/or the inputs (CPU)");
   m.def("grid_double_backward", &grid_double_backward, "backward of the input gradient (CPU)");
+  m.def("rbf_forward", &rbf_forward, "NeuRBF k-nearest kernel features (CPU)");
+  m.def("rbf_backward", &rbf_backward, "gradients of the NeuRBF features (CPU)");
 }
