@@ -4,8 +4,11 @@
                                   [--out benchmarks/results/encoders.json] [--quick]
 
 For every encoder, in 2-D and 3-D where it applies, one measured step is: encode ``--points``
-random points, ``loss = (out ** 2).sum()``, ``loss.backward()`` -- gradients w.r.t. the encoder's
-parameters where it has any, w.r.t. the inputs otherwise. Reported: the median of ``--repeats``
+random points and backpropagate a fixed upstream gradient ``out.backward(g)`` (what the network
+on top hands back; ``g`` is drawn once per case) -- gradients w.r.t. the encoder's parameters
+where it has any, w.r.t. the inputs otherwise. ``--loss square`` times
+``(out ** 2).sum().backward()`` instead, as earlier versions did: its extra passes over the
+``[N, outputs]`` tensor are the same for every implementation and shrink the ratios. Reported: the median of ``--repeats``
 timed steps after ``--warmup`` untimed ones, points/s, and the peak memory of one step.
 
 The HashGrid (the standard Instant-NGP config) is also timed as its plain gather twin
@@ -53,6 +56,7 @@ QUICK_POINTS = 1 << 14
 SPEEDUP_BAR = 10.0
 NEURBF_BAR = 5.0
 RESULT_TAG = "ONE_CASE_RESULT "
+LOSS = {"mode": "upstream"}  # set from --loss
 
 # The standard Instant-NGP hash grid (tcnn's config_hash.json).
 HASHGRID = {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
@@ -107,10 +111,19 @@ class Case:
             self.inputs.grad = None
 
     def step(self) -> None:
-        """One measured step: forward, sum of squares, backward."""
+        """One measured step: forward, then backward of a fixed upstream gradient (or of the sum of
+        squares with ``--loss square``)."""
         self.clear_grads()
         out = self.forward()
-        out.float().square().sum().backward()
+        if LOSS["mode"] == "square":
+            out.float().square().sum().backward()
+            return
+        g = self.notes.get("_upstream")
+        if g is None or g.shape != out.shape or g.dtype != out.dtype:
+            gen = torch.Generator().manual_seed(1234)
+            g = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+            self.notes["_upstream"] = g
+        out.backward(g)
 
 
 # --- inputs and cases -----------------------------------------------------------------------------
@@ -265,6 +278,7 @@ def _compare(res, grads, points, tol) -> dict[str, Any]:
 def memory_in_fresh_process(key: str, dims: int, args) -> dict[str, Any]:
     """CPU peak memory of one step of a case, measured in a new Python process."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one-case", f"{key}:{dims}", "--device", "cpu",
+           "--loss", args.loss,
            "--points", str(args.points), "--seed", str(args.seed), "--threads", str(torch.get_num_threads())]
     env = {**os.environ, **C.CPU_MEMORY_ENV}
     try:
@@ -342,7 +356,9 @@ def run(args) -> int:
             "encoder": case.label, "key": case.key, "dims": case.dims, "config": case.config,
             "n_params": case.n_params, "n_output_dims": case.n_output_dims, "grad_wrt": case.grad_wrt,
             "points": n, "median_s": med, "times_s": times, "points_per_s": n / med,
-            "memory": memory, **{k: v for k, v in case.notes.items() if k != "module"},
+            "memory": memory,
+            **{k: v for k, v in case.notes.items()
+               if k not in ("module", "_upstream") and not isinstance(v, torch.Tensor)},
         })
         cpu_txt = f"  cpu {C.median(cpu):8.4f} s" if cpu else ""
         print(f"  {case.label:<24} {case.dims}D  {med:9.4f} s  {n / med:12.4g} pts/s{cpu_txt}", flush=True)
@@ -482,7 +498,9 @@ def run(args) -> int:
         "kernels": kernel_status()[1],
         "settings": {"device": str(device), "points": n, "repeats": args.repeats, "warmup": args.warmup,
                      "seed": args.seed, "quick": args.quick, "dtype": "float32",
-                     "step": "out = enc(x); (out ** 2).sum().backward(); grads w.r.t. parameters if any, else inputs",
+                     "step": ("out = enc(x); out.backward(g) with a fixed random upstream gradient g"
+                              if LOSS["mode"] == "upstream" else "out = enc(x); (out ** 2).sum().backward()")
+                             + "; grads w.r.t. parameters if any, else inputs",
                      "timer": "time.perf_counter around each step, torch.cuda.synchronize before and after on cuda; "
                               "HashGrid / twin / nerfstudio repeats interleaved"},
         "memory_method": memory_method,
@@ -509,6 +527,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="few points and repeats, for trying the script out")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for parameters and inputs (default 0)")
     p.add_argument("--skip-neurbf", action="store_true", help="leave out the NeuRBF kernel and its twin")
+    p.add_argument("--loss", choices=("upstream", "square"), default="upstream",
+                   help="backward of a fixed upstream gradient (default) or of (out ** 2).sum()")
     p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses (CPU)")
     p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--one-case", default=None, help=argparse.SUPPRESS)
@@ -524,6 +544,7 @@ def main(argv=None) -> int:
     if args.points < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--points and --repeats must be >= 1, --warmup >= 0")
     torch.manual_seed(args.seed)
+    LOSS["mode"] = args.loss
     if args.one_case:
         run_one_case(args)
         return 0

@@ -116,3 +116,17 @@ def test_inputs_with_gradients_keep_the_twin(monkeypatch):
     x = torch.rand(50, 3, requires_grad=True)
     (gx,) = torch.autograd.grad(enc(x).sum(), x, create_graph=True)
     assert calls == [] and gx.requires_grad
+
+
+def test_info_reports_each_kernel_family(monkeypatch):
+    from fieldstudio.apps.info import collect_info, format_info
+
+    text = format_info(collect_info())
+    assert "grid path   CPU: fused C++ kernels" in text and "NeuRBF path CPU: fused C++ kernels" in text
+    monkeypatch.setenv("FIELDSTUDIO_KERNELS", "torch")
+    kernels.reset_for_tests()
+    try:
+        text = format_info(collect_info())
+        assert "grid path   CPU: PyTorch twins" in text and "NeuRBF path CPU: PyTorch twins" in text
+    finally:
+        kernels.reset_for_tests()
