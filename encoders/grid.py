@@ -287,9 +287,10 @@ class _GridKernel(torch.autograd.Function):
         scales, ints = level_tensors
         params = params.contiguous()
         # the inputs themselves are saved (not detached copies): under create_graph the backward
-        # below must stay connected to the table and x
-        ctx.save_for_backward(params, x)
+        # below must stay connected to the table and x. The table is only needed for dL/dx.
+        ctx.save_for_backward(params if ctx.needs_input_grad[1] else None, x)
         ctx.meta = (scales, ints, n_feats, interp, kernels)
+        ctx.numel = params.numel()
         return kernels.grid_forward(x, params, scales, ints, n_feats, interp)
 
     @staticmethod
@@ -298,6 +299,8 @@ class _GridKernel(torch.autograd.Function):
         need_p, need_x = ctx.needs_input_grad[:2]
         if not (need_p or need_x):
             return None, None, None, None, None, None
+        if params is None:  # x needs no gradient: the table only sizes the gradient buffer
+            params = x.new_empty(ctx.numel)
         gp, gx = _GridKernelBackward.apply(params, x, grad_out.contiguous(), ctx.meta, need_p, need_x)
         return (gp if need_p else None), (gx if need_x else None), None, None, None, None
 
