@@ -23,6 +23,7 @@ def collect_info() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "grid_path": _grid_path(),
+        "rbf_path": _rbf_path(),
         "render_path": _render_path(),
         "backends": optional_backends(),
     }
@@ -33,7 +34,7 @@ def _grid_path() -> str:
     from fieldstudio.kernels import kernel_status
 
     active, why = kernel_status()  # compiles the kernels on the first call in an environment
-    cpu = f"CPU: {why}, PyTorch where inputs need gradients (SDF)" if active else f"CPU: {why}"
+    cpu = f"CPU: {why}, input gradients and second order included" if active else f"CPU: {why}"
     gpu = "CUDA: tinycudann" if optional_backends()["tinycudann"]["used"] else "CUDA: PyTorch"
     return f"{cpu}; {gpu}"
 
@@ -47,11 +48,20 @@ def _render_path() -> str:
     return f"CPU: {why}; {gpu}"
 
 
+def _rbf_path() -> str:
+    from fieldstudio.kernels import kernel_status
+
+    active, why = kernel_status()
+    cpu = f"CPU: {why}, PyTorch where inputs need gradients (SDF)" if active else f"CPU: {why}"
+    return f"{cpu}; CUDA: PyTorch"
+
+
 def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"fieldstudio {info['fieldstudio']}  (python {info['python']}, torch {info['torch']})",
         f"device      {info['device']}  [{info['device_name']}], {info['cpu_threads']} CPU threads of {info['cpu_count']}",
         f"grid path   {info['grid_path']}",
+        f"NeuRBF path {info['rbf_path']}",
         f"render path {info['render_path']}",
         "optional backends:",
     ]

@@ -279,36 +279,91 @@ def _level_tensors(levels: tuple[Level, ...]) -> tuple[torch.Tensor, torch.Tenso
 
 
 class _GridKernel(torch.autograd.Function):
-    """The fused C++ lookup (`fieldstudio.kernels`), for inputs that need no gradient."""
+    """The fused C++ lookup (`fieldstudio.kernels`): gradients to the table and to the inputs,
+    and the backward of the input gradient (eikonal losses), all from the kernels."""
 
     @staticmethod
     def forward(ctx, params, x, level_tensors, n_feats, interp, kernels):
         scales, ints = level_tensors
-        ctx.save_for_backward(x)
-        ctx.meta = (scales, ints, n_feats, interp, kernels, params.numel())
-        return kernels.grid_forward(x, params.detach().contiguous(), scales, ints, n_feats, interp)
+        params = params.contiguous()
+        # the inputs themselves are saved (not detached copies): under create_graph the backward
+        # below must stay connected to the table and x. The table is only needed for dL/dx.
+        ctx.save_for_backward(params if ctx.needs_input_grad[1] else None, x)
+        ctx.meta = (scales, ints, n_feats, interp, kernels)
+        ctx.numel = params.numel()
+        return kernels.grid_forward(x, params, scales, ints, n_feats, interp)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        scales, ints, n_feats, interp, kernels, numel = ctx.meta
-        grad = kernels.grid_backward(x, grad_out.contiguous(), numel, scales, ints, n_feats, interp)
-        return grad, None, None, None, None, None
+        params, x = ctx.saved_tensors
+        need_p, need_x = ctx.needs_input_grad[:2]
+        if not (need_p or need_x):
+            return None, None, None, None, None, None
+        if params is None:  # x needs no gradient: the table only sizes the gradient buffer
+            params = x.new_empty(ctx.numel)
+        gp, gx = _GridKernelBackward.apply(params, x, grad_out.contiguous(), ctx.meta, need_p, need_x)
+        return (gp if need_p else None), (gx if need_x else None), None, None, None, None
+
+
+class _GridKernelBackward(torch.autograd.Function):
+    """``(dL/dtable, dL/dx)`` of the lookup as a function of (table, x, dL/dout), so that
+    ``create_graph=True`` (the eikonal loss's gradient of a gradient) has a backward too."""
+
+    @staticmethod
+    def forward(ctx, params, x, grad_out, meta, need_p, need_x):
+        scales, ints, n_feats, interp, kernels = meta
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(params, x, grad_out)
+        ctx.meta = meta
+        gp, gx = kernels.grid_backward(x, params, grad_out, scales, ints, n_feats, interp, need_p, need_x)
+        return gp, gx
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, v_p, v_x):
+        params, x, grad_out = ctx.saved_tensors
+        scales, ints, n_feats, interp, kernels = ctx.meta
+        need_table, need_x_in, need_g = ctx.needs_input_grad[:3]
+        d_table = d_x = d_g = None
+        if v_x is not None and v_x.numel():
+            # upstream on dL/dx: the second-order kernel
+            t, g, xx = kernels.grid_double_backward(x, params, grad_out, v_x.contiguous(), scales, ints, n_feats,
+                                                    interp, need_table, need_g, need_x_in)
+            d_table, d_g, d_x = (t if need_table else None), (g if need_g else None), (xx if need_x_in else None)
+        if v_p is not None and v_p.numel():
+            # dL/dtable is linear in dL/dout with the lookup's weights: its backward is a lookup
+            # of the upstream table-shaped v_p, and its x-derivative an input gradient of it
+            v_p = v_p.contiguous()
+            if need_g:
+                g = kernels.grid_forward(x, v_p, scales, ints, n_feats, interp)
+                d_g = g if d_g is None else d_g + g
+            if need_x_in:
+                _, xx = kernels.grid_backward(x, v_p, grad_out, scales, ints, n_feats, interp, False, True)
+                d_x = xx if d_x is None else d_x + xx
+        return d_table, d_x, d_g, None, None, None
 
 
 def grid_encode(x: torch.Tensor, params: torch.Tensor, levels: list[Level], n_feats: int,
                 interpolation: str) -> torch.Tensor:
     """Encode ``x`` ``[N, d]`` in [0, 1]^d with the flat table ``params``; returns ``[N, L*F]``.
 
-    When ``x`` needs gradients (SDF normals, eikonal losses) the lookup is built from plain
-    differentiable ops so that first and second derivatives come from autograd; otherwise the
-    faster hand-written backward is used.
+    On the CPU the fused kernels do the lookup and every derivative (table, inputs, and the
+    second order an eikonal loss needs). Elsewhere, or without the kernels: when ``x`` needs
+    gradients the lookup is built from plain differentiable ops so that first and second
+    derivatives come from autograd; otherwise the faster hand-written backward is used.
     """
-    if not x.requires_grad and x.device.type == "cpu" and x.shape[1] <= 4 and x.dtype in (torch.float32, torch.float64):
+    if x.device.type == "cpu" and x.shape[1] <= 4 and x.dtype in (torch.float32, torch.float64) \
+            and params.dtype in (torch.float32, torch.float64):
         kernels = cpu_kernels()
         if kernels is not None:
             return _GridKernel.apply(params, x.contiguous().to(params.dtype), _level_tensors(tuple(levels)), n_feats,
                                      _INTERP[interpolation], kernels)
+    return grid_encode_torch(x, params, levels, n_feats, interpolation)
+
+
+def grid_encode_torch(x: torch.Tensor, params: torch.Tensor, levels: list[Level], n_feats: int,
+                      interpolation: str) -> torch.Tensor:
+    """The PyTorch path of `grid_encode` (the kernels' twin and fallback)."""
     corners = [_level_corners(x, lv, interpolation) for lv in levels]
     if x.requires_grad and interpolation != "Nearest":
         table = params.view(-1, n_feats)

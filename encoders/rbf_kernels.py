@@ -11,13 +11,18 @@ inverse covariance S and r^2 = (x - c)^T S (x - c):
 * ``nlin`` N-linear tent      prod_j max(0, 1 - |x_j - c_j| * s_j)   (SDF default, isotropic);
   on a regular lattice with s = 1 / spacing this is exactly d-linear grid interpolation.
 
-`rbf_encode` is the whole forward pass in plain PyTorch (autograd gives the backward); it is the
-piece a fused kernel would replace, and the twin such a kernel is tested against.
+`rbf_encode` runs the fused C++ kernel (`fieldstudio.kernels`, forward and backward in one pass
+each) on the CPU when it is available, and `rbf_encode_torch` otherwise: the whole forward pass in
+plain PyTorch (autograd gives the backward), which is also the twin the kernel is tested against.
+Inputs that need gradients keep the PyTorch path: SDF losses differentiate the gradient to x
+again, and the kernel has no second-order pass.
 """
 
 from __future__ import annotations
 
 import torch
+
+from fieldstudio.kernels import cpu_kernels
 
 KERNELS = ("ivq", "gauss", "nlin")
 SHAPES = ("isotropic", "diagonal", "full")
@@ -77,7 +82,52 @@ def kernel_value(diff: torch.Tensor, shape_params: torch.Tensor, kernel: str, sh
     raise ValueError(f"unknown kernel {kernel!r}")
 
 
+_KERNEL_IDS = {"ivq": 0, "gauss": 1, "nlin": 2}
+_SHAPE_IDS = {"isotropic": 0, "diagonal": 1, "full": 2}
+
+
+class _RBFKernel(torch.autograd.Function):
+    """The fused C++ evaluation; gradients to x, centres, shapes and weights as autograd gives
+    the twin (detached normalising sum included)."""
+
+    @staticmethod
+    def forward(ctx, x, centres, shapes, weights, idx, freqs, kernel, shape, normalize, mod):
+        ctx.save_for_backward(x, centres, shapes, weights, idx, freqs)
+        ctx.meta = (kernel, shape, normalize, mod)
+        return mod.rbf_forward(x, idx, centres, shapes, weights, freqs, kernel, shape, normalize)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, centres, shapes, weights, idx, freqs = ctx.saved_tensors
+        kernel, shape, normalize, mod = ctx.meta
+        need = ctx.needs_input_grad
+        gx, gc, gs, gw = mod.rbf_backward(grad_out.contiguous(), x, idx, centres, shapes, weights, freqs, kernel, shape,
+                                          normalize, need[0], need[1], need[2], need[3])
+        return ((gx if need[0] else None), (gc if need[1] else None), (gs if need[2] else None),
+                (gw if need[3] else None), None, None, None, None, None, None)
+
+
 def rbf_encode(x: torch.Tensor, idx: torch.Tensor, centres: torch.Tensor, shapes: torch.Tensor,
+               weights: torch.Tensor, freqs: torch.Tensor | None, kernel: str, shape: str,
+               normalize: bool = True) -> torch.Tensor:
+    """Kernel features ``[N, C]``; see `rbf_encode_torch` for the definition. Uses the fused CPU
+    kernel when it applies (CPU tensors of one float dtype, d <= 4, k <= 64, x without gradients)."""
+    tensors = (x, centres, shapes, weights) + ((freqs,) if freqs is not None else ())
+    fits = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+            and not x.requires_grad and (freqs is None or not freqs.requires_grad)
+            and x.dim() == 2 and 1 <= x.shape[1] <= 4 and 1 <= idx.shape[1] <= 64 and idx.device.type == "cpu"
+            and not (kernel == "nlin" and shape == "full"))
+    mod = cpu_kernels() if fits else None
+    if mod is None:
+        return rbf_encode_torch(x, idx, centres, shapes, weights, freqs, kernel, shape, normalize)
+    f = freqs.contiguous() if freqs is not None else x.new_empty(0)
+    return _RBFKernel.apply(x.contiguous(), centres.contiguous(), shapes.contiguous(), weights.contiguous(),
+                            idx.to(torch.int64).contiguous(), f, _KERNEL_IDS[kernel], _SHAPE_IDS[shape], normalize, mod)
+
+
+def rbf_encode_torch(x: torch.Tensor, idx: torch.Tensor, centres: torch.Tensor, shapes: torch.Tensor,
                weights: torch.Tensor, freqs: torch.Tensor | None, kernel: str, shape: str,
                normalize: bool = True) -> torch.Tensor:
     """Kernel features ``[N, C]`` of queries ``x`` ``[N, d]`` from their kernels ``idx`` ``[N, k]``.

@@ -73,20 +73,6 @@ def test_kernel_float64_gradcheck():
     assert torch.autograd.gradcheck(lambda p: grid_mod.grid_encode(x, p, enc.levels, 2, "Linear"), (params,))
 
 
-@needs_compiler
-def test_kernel_is_used_only_without_input_gradients(monkeypatch):
-    """Inputs that need gradients (SDF normals, eikonal) keep the differentiable PyTorch ops."""
-    calls = []
-    real = grid_mod._GridKernel.apply
-    monkeypatch.setattr(grid_mod._GridKernel, "apply", lambda *a: calls.append(1) or real(*a))
-    enc = build_encoding({"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 8}, 3)
-    enc(torch.rand(10, 3))
-    assert calls == [1]
-    x = torch.rand(10, 3, requires_grad=True)
-    (gx,) = torch.autograd.grad(enc(x).sum(), x)
-    assert calls == [1] and gx.shape == x.shape
-
-
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("FIELDSTUDIO_KERNELS", "torch")
     kernels.reset_for_tests()
