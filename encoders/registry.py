@@ -21,6 +21,7 @@ _MODULES = (
     "spherical_harmonics",
     "geo",
     "neurbf",
+    "tensorf",
 )
 _loaded = False
 
