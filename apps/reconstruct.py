@@ -26,15 +26,16 @@ from fieldstudio.datasets.scene import SceneDataset, load_scene
 from fieldstudio.device import pick_device
 from fieldstudio.errors import ConfigError, InputError
 from fieldstudio.fields.radiance import NGPRadianceField, VanillaNeRF
+from fieldstudio.fields.radiance_grids import TensoRFField, VoxelField
 from fieldstudio.fields.registry import build_field
 from fieldstudio.renderers.occupancy import OccupancyGrid
 from fieldstudio.renderers.rays import Rays, dataset_image_rays, dataset_rays
 from fieldstudio.renderers.volume import march, rendering
 
-from .training import TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
+from .training import TrainingStopped, TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
 
-FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF}
-DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4}
+FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF, "tensorf": TensoRFField, "voxels": VoxelField}
+DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4, "tensorf": 1e-2, "voxels": 5e-2}
 
 
 class SceneModel(nn.Module):
@@ -201,7 +202,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 progress: bool = True, backend: str = "auto", grid_resolution: int | None = None,
                 render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
                 eval_every: int = 0, eval_every_views: int = 4, callback=None, encoder: str = "hashgrid",
-                warmup_steps: int | None = None) -> dict[str, Any]:
+                warmup_steps: int | None = None, time_budget: float | None = None) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     ``field_config`` overrides entries of the field's default config (e.g. a smaller
@@ -213,6 +214,8 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     ``encoder="neurbf"`` (Instant-NGP field only) first fits the default field for ``warmup_steps``
     (default: a fifth of ``steps``, at most 300) into ``out/warmup``, places the kernels where it
     is opaque and textured, then trains the NeuRBF field from scratch.
+    ``time_budget`` (seconds of training): stop when it is spent, with the learning-rate schedule
+    following the larger of the step and the time fraction.
     """
     out = Path(out)
     dev = pick_device(device)
@@ -315,9 +318,22 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    state = train(model, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
-                  checkpoint_every=checkpoint_every, progress=progress, desc=f"reconstruct [{field}]",
-                  scheduler=_lr_schedule(steps), callback=callback)
+    schedule, stop = _lr_schedule(steps), callback
+    if time_budget:
+        base_schedule, live = schedule, state  # `train` advances this very state object
+
+        def schedule(step):
+            return base_schedule(max(step, int(steps * min(1.0, live.seconds / time_budget))))
+
+        def stop(step, rec):
+            return live.seconds >= time_budget or bool(callback and callback(step, rec))
+    try:
+        state = train(model, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
+                      checkpoint_every=checkpoint_every, progress=progress, desc=f"reconstruct [{field}]",
+                      scheduler=schedule, callback=stop)
+    except TrainingStopped:
+        if not (time_budget and state.seconds >= time_budget):
+            raise
     train_wall = time.perf_counter() - t0
     model.eval()
     quality = evaluate_views(model, ds, test_idx, out_dir=out, progress=progress)
