@@ -63,7 +63,7 @@ STUDENTS: dict[str, tuple[Callable[..., torch.nn.Module], float]] = {
     "mlp": (lambda t, b, s: VanillaNeRF({"log_density_clip": CLIP}, backend=b), 1e-3),  # PVD: x0.1 for MLPs
     "hashgrid": (_hashgrid, 1e-2),
     "tensorf": (lambda t, b, s: TensoRFField({"log_density_clip": CLIP}, backend=b), 1e-2),
-    "voxels": (lambda t, b, s: VoxelField({"log_density_clip": CLIP}, backend=b), 5e-2),
+    "voxels": (lambda t, b, s: VoxelField({"log_density_clip": CLIP}, backend=b), 1e-1),
     "neurbf": (_neurbf, 1e-2),
     # CAM: once the CAM radiance field lands, one entry:
     # "cam": (lambda t, b, s: CAMRadianceField({"log_density_clip": CLIP}, backend=b), 1e-2),

@@ -35,7 +35,7 @@ from fieldstudio.renderers.volume import march, rendering
 from .training import TrainingStopped, TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse, train
 
 FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF, "tensorf": TensoRFField, "voxels": VoxelField}
-DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4, "tensorf": 1e-2, "voxels": 5e-2}
+DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4, "tensorf": 1e-2, "voxels": 1e-1}
 
 
 class SceneModel(nn.Module):
