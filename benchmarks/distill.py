@@ -46,6 +46,33 @@ def time_to(curve: list[dict], target: float) -> float | None:
     return None
 
 
+def plot(payload: dict, path: Path) -> Path:
+    """Per student: the from-scratch curve (first test view) and the distilled student on that view."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    studs = payload["students"]
+    fig, axes = plt.subplots(1, max(1, len(studs)), figsize=(3.6 * max(1, len(studs)), 3.4), squeeze=False)
+    t_view0 = payload["teacher"]["clamped"]["psnr_per_view"][0]
+    for ax, (name, v) in zip(axes[0], studs.items()):
+        c = v["scratch"]["curve_first_view"]
+        ax.plot([p["seconds"] for p in c], [p["psnr"] for p in c], "o-", label="from scratch (real images)")
+        ax.plot([v["distilled"]["seconds"]], [v["distilled"]["psnr_per_view"][0]], "*", ms=14,
+                label="distilled (virtual cameras)")
+        ax.axhline(t_view0, color="grey", ls="--", lw=1, label="hash-grid teacher")
+        ax.set_title(name)
+        ax.set_xlabel("training seconds (1 thread, shared CPU)")
+        ax.set_ylabel("PSNR, first test view (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="/work/teachers/lego_hashgrid")
@@ -57,7 +84,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rays", type=int, default=2048)
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "distill.json"))
     ap.add_argument("--workdir", default=str(REPO_ROOT / "benchmarks" / "results" / "distill_runs"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the --out JSON")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        import json
+
+        print(plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png")))
+        return 0
     ensure_fieldstudio()
     import torch
 
@@ -128,6 +161,7 @@ def main(argv=None) -> int:
             for s, v in payload["students"].items()]
     payload["machine_end"] = {"load_average_1_5_15min": list(os.getloadavg())}
     write_json(args.out, payload, "cpu", machine=machine)
+    plot(payload, Path(args.out).with_suffix(".png"))
     print(fmt_table(["student", "distilled dB", "gap to teacher", "distill s", "scratch dB (same time)",
                      "scratch s to distilled dB"], rows))
     return 0

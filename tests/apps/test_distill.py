@@ -9,6 +9,7 @@ from fieldstudio import runs
 from fieldstudio.apps.cli import main
 from fieldstudio.apps.distill import STUDENTS, distill_run
 from fieldstudio.apps.reconstruct import load_scene_run, reconstruct
+from fieldstudio.errors import ConfigError, InputError
 from fieldstudio.fields.radiance_grids import VoxelField
 
 SHORT = dict(progress=False, device="cpu", target_samples=4096, grid_resolution=32, checkpoint_every=20)
@@ -34,8 +35,9 @@ def test_cli_distills_into_a_scene_run_that_render_and_export_open(teacher, tmp_
     assert cfg["train"]["distill"]["schedule"]["feature_stage"] is False  # voxels have no feature
     metrics = json.loads((out / runs.METRICS).read_text())
     assert metrics["steps"] == 12 and metrics["test_views"] == 1 and "psnr" in metrics
-    hist = json.loads((out / runs.HISTORY).read_text())
-    assert [h["stage"] for h in hist] == [2, 3]  # stage 2 from 0 (no features), stage 3 from 12 * 5/30 = 2
+    # no feature stage for voxels: points from step 0, rendering from 12 * 5/30 = 2
+    assert metrics["stage_starts"] == {"2": 0, "3": 2}
+    assert json.loads((out / runs.HISTORY).read_text())[-1]["stage"] == 3
     model, _ = load_scene_run(out, device="cpu")
     assert isinstance(model.field, VoxelField)
     teacher_model, _ = load_scene_run(teacher, device="cpu")
@@ -84,8 +86,6 @@ def test_errors_are_one_line_with_the_supported_choices(teacher, tmp_path, capsy
 
 
 def test_a_student_without_colour_is_refused(teacher, tmp_path):
-    from fieldstudio.errors import ConfigError
-
     class DensityOnly(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -96,3 +96,24 @@ def test_a_student_without_colour_is_refused(teacher, tmp_path):
 
     with pytest.raises(ConfigError, match="lack rgb"):
         distill_run(teacher, "custom", student=DensityOnly(), out=tmp_path / "c", steps=2, progress=False)
+
+
+def test_studio_distill_job_and_its_input_checks(teacher, tmp_path):
+    from fieldstudio.apps.studio import common, tab_distill
+    from fieldstudio.apps.studio.jobs import DONE, JobManager
+
+    manager = JobManager(max_running=1, max_queued=1)
+    try:
+        job = manager.wait(manager.submit(
+            lambda ctx: tab_distill.distill_job(ctx, teacher=str(teacher), to="tensorf", steps=6, out=tmp_path / "s",
+                                                n_rays=128, eval_views=1), kind="distill", total=6, out=tmp_path / "s"))
+        assert job.status == DONE, job.error
+        assert "weights.safetensors" in job.outputs and job.phase.startswith("finished")
+        assert [r["stage"] for r in job.history][-1] == 3
+        studio = common.Studio(manager=manager, workdir=tmp_path / "w")
+        with pytest.raises(InputError, match="teacher run not found"):
+            tab_distill.start_distill(studio, str(tmp_path / "missing"), "mlp", 10)
+        with pytest.raises(ConfigError, match="unknown student type"):
+            tab_distill.start_distill(studio, str(teacher), "octree", 10)
+    finally:
+        manager.shutdown()

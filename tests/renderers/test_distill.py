@@ -109,7 +109,7 @@ def test_feature_stage_moves_only_the_front_end():
     distill(teacher, student, aabb=AABB, grid=_teacher_grid(teacher), render_step_size=STEP, cameras=_cameras(),
             steps=3, schedule=DistillSchedule(3, 3), n_rays=64)
     after = student.state_dict()
-    assert not torch.equal(before["encoding.params"], after["encoding.params"]) if "encoding.params" in after else True
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("encoding."))
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("density_network"))
     assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("rgb_network"))
 
@@ -132,9 +132,9 @@ def test_student_matches_an_analytic_teacher():
     student = _small_student()
     untrained = _small_student()
     untrained.load_state_dict(student.state_dict())
-    res = distill(teacher, student, aabb=AABB, grid=grid, render_step_size=STEP, cameras=_cameras(), steps=150,
-                  n_rays=512, lr=2e-2)
-    assert res.stage_starts == {1: 0, 2: 10, 3: 25}
+    res = distill(teacher, student, aabb=AABB, grid=grid, render_step_size=STEP, cameras=_cameras(), steps=60,
+                  n_rays=256, lr=3e-2)
+    assert res.stage_starts == {1: 0, 2: 4, 3: 10}
     cams = _cameras()
     cams.regenerate(torch.Generator().manual_seed(123))
     rays = cams.rays(3000, AABB, generator=torch.Generator().manual_seed(124))
