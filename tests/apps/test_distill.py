@@ -106,10 +106,11 @@ def test_studio_distill_job_and_its_input_checks(teacher, tmp_path):
     try:
         job = manager.wait(manager.submit(
             lambda ctx: tab_distill.distill_job(ctx, teacher=str(teacher), to="tensorf", steps=6, out=tmp_path / "s",
-                                                n_rays=128, eval_views=1), kind="distill", total=6, out=tmp_path / "s"))
+                                                n_rays=128, eval_views=1, finetune_steps=2), kind="distill", total=6, out=tmp_path / "s"))
         assert job.status == DONE, job.error
         assert "weights.safetensors" in job.outputs and job.phase.startswith("finished")
         assert [r["stage"] for r in job.history][-1] == 3
+        assert "finetune_seconds" in json.loads((tmp_path / "s" / runs.METRICS).read_text())  # real-image last stage
         studio = common.Studio(manager=manager, workdir=tmp_path / "w")
         with pytest.raises(InputError, match="teacher run not found"):
             tab_distill.start_distill(studio, str(tmp_path / "missing"), "mlp", 10)

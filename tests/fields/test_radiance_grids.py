@@ -93,11 +93,11 @@ def _fields():
     small_hash = {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 12}
     return {
         "mlp": VanillaNeRF({"n_neurons": 32, "n_hidden_layers": 2, "skips": [0], "log_density_clip": CLIP}),
-        "hashgrid": NGPRadianceField({"encoding": small_hash, "log_density_clip": CLIP}),
+        "hashgrid": NGPRadianceField({"encoding": small_hash, "log_density_clip": CLIP}, backend="torch"),
         "tensorf": TensoRFField({"encoding": {"otype": "TensorfVM", "n_components": 8, "resolution": 16},
                                  "density_components": 2, "log_density_clip": CLIP}),
         "voxels": VoxelField({"resolution": 8, "log_density_clip": CLIP}),
-        "neurbf": NGPRadianceField({**nb, "log_density_clip": CLIP}),
+        "neurbf": NGPRadianceField({**nb, "log_density_clip": CLIP}, backend="torch"),
     }
 
 
