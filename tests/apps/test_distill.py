@@ -45,7 +45,9 @@ def test_cli_distills_into_a_scene_run_that_render_and_export_open(teacher, tmp_
     assert main(["render", str(out), "--frames", "2", "--out", str(tmp_path / "orbit.gif"), "--quiet",
                  "--no-depth"]) == 0
     assert (tmp_path / "orbit.gif").exists()
-    assert main(["export-mesh", str(out), "--resolution", "24", "--threshold", "0.5",
+    with torch.no_grad():
+        thr = float(model.field.density(torch.rand(20000, 3)).quantile(0.99))
+    assert main(["export-mesh", str(out), "--resolution", "24", "--threshold", f"{thr:.4f}",
                  "--out", str(tmp_path / "m.ply")]) == 0
     assert (tmp_path / "m.ply").exists()
 
@@ -106,7 +108,8 @@ def test_studio_distill_job_and_its_input_checks(teacher, tmp_path):
     try:
         job = manager.wait(manager.submit(
             lambda ctx: tab_distill.distill_job(ctx, teacher=str(teacher), to="tensorf", steps=6, out=tmp_path / "s",
-                                                n_rays=128, eval_views=1, finetune_steps=2), kind="distill", total=6, out=tmp_path / "s"))
+                                                n_rays=128, eval_views=1, finetune_steps=2), kind="distill", label="distill", total=6,
+            out=tmp_path / "s").id)
         assert job.status == DONE, job.error
         assert "weights.safetensors" in job.outputs and job.phase.startswith("finished")
         assert [r["stage"] for r in job.history][-1] == 3
