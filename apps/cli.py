@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cameras_parser(sub)
 
     from .video import add_parser as _add_video_parser
+    from .distill import add_parser as _add_distill_parser
+
+    _add_distill_parser(sub)
 
     _add_video_parser(sub)
 
@@ -228,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("data", nargs="?", default=None,
                      help="scene folder (Blender, instant-ngp/nerfstudio transforms.json, LLFF, COLMAP); default: the procedural scene")
     rec.add_argument("--format", default="auto", help="auto | blender | ngp | llff | colmap")
-    rec.add_argument("--field", default="ngp", choices=("ngp", "nerf"), help="Instant-NGP hash grid or MLP NeRF")
+    rec.add_argument("--field", default="ngp", choices=("ngp", "nerf", "tensorf", "voxels"),
+                     help="Instant-NGP hash grid, MLP NeRF, TensoRF VM or a voxel grid")
     rec.add_argument("--encoder", default="hashgrid", choices=("hashgrid", "neurbf"),
                      help="position encoding of the ngp field; neurbf places its kernels after a short warm-up fit")
     rec.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps before placing NeuRBF kernels")

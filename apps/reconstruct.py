@@ -26,6 +26,7 @@ from fieldstudio.datasets.scene import SceneDataset, load_scene
 from fieldstudio.device import pick_device
 from fieldstudio.errors import ConfigError, InputError
 from fieldstudio.fields.radiance import NGPRadianceField, VanillaNeRF
+from fieldstudio.fields.radiance_grids import TensoRFField, VoxelField
 from fieldstudio.fields.registry import build_field
 from fieldstudio.renderers.occupancy import OccupancyGrid
 from fieldstudio.renderers.rays import Rays, dataset_image_rays, dataset_rays
@@ -34,8 +35,8 @@ from fieldstudio.renderers.volume import march, rendering
 from .training import (TrainingStopped, TrainState, encoder_param_groups, load_checkpoint, make_adam, psnr_from_mse,
                        train)
 
-FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF}
-DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4}
+FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF, "tensorf": TensoRFField, "voxels": VoxelField}
+DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4, "tensorf": 1e-2, "voxels": 1e-1}
 
 
 class SceneModel(nn.Module):
@@ -204,7 +205,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
                 eval_every: int = 0, eval_every_views: int = 4, callback=None, encoder: str = "hashgrid",
                 warmup_steps: int | None = None, stop_at_psnr: float | None = None,
-                cam: bool = False) -> dict[str, Any]:
+                cam: bool = False, time_budget: float | None = None) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     ``field_config`` overrides entries of the field's default config (e.g. a smaller
@@ -221,6 +222,8 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     ``cam=True`` (Instant-NGP field) modulates the density MLP's hidden layer by a view-direction
     CAM grid (`fieldstudio.fields.radiance.NGP_CAM`); the occupancy grid then uses its
     direction-free upper bound of the density.
+    ``time_budget`` (seconds of training): stop when it is spent, with the learning-rate schedule
+    following the larger of the step and the time fraction.
     """
     out = Path(out)
     dev = pick_device(device)
@@ -338,12 +341,24 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
+    schedule, user_stop = _lr_schedule(steps), (on_step if stop_at_psnr is not None else callback)
+    if time_budget:
+        base_schedule, live = schedule, state  # `train` advances this very state object
+
+        def schedule(step):
+            return base_schedule(max(step, int(steps * min(1.0, live.seconds / time_budget))))
+
+    def stop_fn(step, rec):
+        if time_budget and state.seconds >= time_budget:
+            return True
+        return bool(user_stop and user_stop(step, rec))
+
     try:
         state = train(model, step_fn, opt, steps=steps, run_dir=out, config=config, state=state,
                       checkpoint_every=checkpoint_every, progress=progress, desc=f"reconstruct [{field}]",
-                      scheduler=_lr_schedule(steps), callback=on_step if stop_at_psnr is not None else callback)
+                      scheduler=schedule, callback=stop_fn if (time_budget or user_stop) else None)
     except TrainingStopped:
-        if not stop["now"]:
+        if not (stop["now"] or (time_budget and state.seconds >= time_budget)):
             raise
     train_wall = time.perf_counter() - t0
     model.eval()

@@ -23,6 +23,7 @@ _MODULES = (
     "neurbf",
     "cam",
     "random_fourier",
+    "tensorf",
 )
 _loaded = False
 

@@ -11,11 +11,13 @@ def _field_classes() -> dict[str, type]:
     from .geo import GeoField
     from .image import ImageField
     from .radiance import NGPRadianceField, VanillaNeRF
+    from .radiance_grids import TensoRFField, VoxelField
     from .sdf import SDFField
     from .video import VideoField
 
     return {"imagefield": ImageField, "sdffield": SDFField, "geofield": GeoField,
             "ngpradiancefield": NGPRadianceField, "vanillanerf": VanillaNeRF,
+            "tensorffield": TensoRFField, "voxelfield": VoxelField,
             "videofield": VideoField}
 
 

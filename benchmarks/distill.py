@@ -1,0 +1,171 @@
+"""Distillation benchmark (PVD): a hash-grid teacher -> each other field type, against training from scratch.
+
+    OMP_NUM_THREADS=1 python benchmarks/distill.py [--teacher /work/teachers/lego_hashgrid]
+        [--data ../shared/data/nerf_lego_blender] [--budget 330] [--students mlp,tensorf,voxels,neurbf]
+        [--eval-views 3] [--curve-every 40] [--rays 2048]
+
+For every student type, with the same wall-clock budget each (single thread):
+* **distilled**: `fieldstudio distill TEACHER --to TYPE --time-budget B` (virtual cameras only);
+* **from scratch**: `fieldstudio reconstruct --field TYPE` on the real training images with the same
+  ``time_budget`` (the learning-rate schedule follows the time fraction), PSNR on the first test view
+  every ``--curve-every`` steps (rendering not counted as training time).
+All are scored on the first ``--eval-views`` test views (white background), as is the teacher
+(with PVD's log-density clamp [-2, 7], as the students see it, and without). "Scratch time to the
+distilled PSNR" is read off the scratch curve on the first test view against the distilled
+student's PSNR on that same view (None: not reached within the budget).
+
+Writes ``benchmarks/results/distill.json`` after every student (partial results survive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from _common import REPO_ROOT, ensure_fieldstudio, fmt_table, machine_info, write_json
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nerf_lego_blender"
+#: student type -> reconstruct's (field, encoder)
+SCRATCH = {"mlp": ("nerf", "hashgrid"), "tensorf": ("tensorf", "hashgrid"), "voxels": ("voxels", "hashgrid"),
+           "neurbf": ("ngp", "neurbf"), "hashgrid": ("ngp", "hashgrid")}
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    prev = None
+    for c in curve:
+        if c["psnr"] >= target:
+            if prev is None:
+                return c["seconds"]
+            f = (target - prev["psnr"]) / max(c["psnr"] - prev["psnr"], 1e-9)
+            return round(prev["seconds"] + f * (c["seconds"] - prev["seconds"]), 1)
+        prev = c
+    return None
+
+
+def plot(payload: dict, path: Path) -> Path:
+    """Per student: the from-scratch curve (first test view) and the distilled student on that view."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    studs = payload["students"]
+    fig, axes = plt.subplots(1, max(1, len(studs)), figsize=(3.6 * max(1, len(studs)), 3.4), squeeze=False)
+    t_view0 = payload["teacher"]["clamped"]["psnr_per_view"][0]
+    for ax, (name, v) in zip(axes[0], studs.items()):
+        c = v["scratch"]["curve_first_view"]
+        ax.plot([p["seconds"] for p in c], [p["psnr"] for p in c], "o-", label="from scratch (real images)")
+        ax.plot([v["distilled"]["seconds"]], [v["distilled"]["psnr_per_view"][0]], "*", ms=14,
+                label="distilled (virtual cameras)")
+        ax.axhline(t_view0, color="grey", ls="--", lw=1, label="hash-grid teacher")
+        ax.set_title(name)
+        ax.set_xlabel("training seconds (1 thread, shared CPU)")
+        ax.set_ylabel("PSNR, first test view (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="/work/teachers/lego_hashgrid")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--budget", type=float, default=330.0, help="seconds of training per run")
+    ap.add_argument("--students", default="mlp,tensorf,voxels,neurbf")
+    ap.add_argument("--eval-views", type=int, default=3)
+    ap.add_argument("--curve-every", type=int, default=40)
+    ap.add_argument("--rays", type=int, default=2048)
+    ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "distill.json"))
+    ap.add_argument("--workdir", default=str(REPO_ROOT / "benchmarks" / "results" / "distill_runs"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the --out JSON")
+    args = ap.parse_args(argv)
+    if args.plot_only:
+        import json
+
+        print(plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png")))
+        return 0
+    ensure_fieldstudio()
+    import torch
+
+    from fieldstudio.apps.distill import distill_run, load_teacher
+    from fieldstudio.apps.reconstruct import evaluate_views, load_scene_run, reconstruct
+    from fieldstudio.datasets.scene import load_scene
+
+    if not Path(args.data).exists() or not Path(args.teacher).exists():
+        print(f"skipped: need {args.data} and the teacher run {args.teacher}")
+        return 0
+    machine = machine_info("cpu")
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    ds = load_scene(args.data)
+    views = ds.split("test")[: args.eval_views]
+
+    tmodel, _ = load_teacher(args.teacher, device="cpu")
+    teacher = {"clamped": evaluate_views(tmodel, ds, views)}
+    tmodel.field.cfg["log_density_clip"] = None
+    teacher["unclamped"] = evaluate_views(tmodel, ds, views)
+    del tmodel
+    payload = {"teacher": {"run": args.teacher, **{k: {"psnr": v["psnr"], "psnr_per_view": v["psnr_per_view"]}
+                                                    for k, v in teacher.items()}},
+               "protocol": f"first {len(views)} lego test views at {ds.width}px, white background; each run "
+                           f"{args.budget:.0f} s of training, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+                           f"torch threads {torch.get_num_threads()}; distillation: {args.rays} virtual rays/step",
+               "budget_seconds": args.budget, "students": {}}
+    print(f"teacher: {teacher['clamped']['psnr']:.2f} dB clamped, {teacher['unclamped']['psnr']:.2f} dB unclamped", flush=True)
+    for s in args.students.split(","):
+        t0 = time.perf_counter()
+        d = distill_run(args.teacher, s, out=work / f"{s}_distilled", steps=1_000_000, n_rays=args.rays,
+                        time_budget=args.budget, data=args.data, eval_views=len(views), progress=False,
+                        checkpoint_every=1_000_000, device="cpu")
+        d_wall = time.perf_counter() - t0
+        print(f"{s}: distilled {d['psnr']:.2f} dB in {d['seconds']:.0f} s ({d['steps']} steps)", flush=True)
+        field, encoder = SCRATCH[s]
+        t0 = time.perf_counter()
+        r = reconstruct(args.data, field=field, encoder=encoder, steps=1_000_000, time_budget=args.budget,
+                        out=work / f"{s}_scratch", eval_views=len(views), eval_every=args.curve_every,
+                        eval_every_views=1, progress=False, device="cpu", checkpoint_every=1_000_000,
+                        warmup_steps=30 if encoder == "neurbf" else None)
+        r_wall = time.perf_counter() - t0
+        curve1 = [c for c in r["curve"] if c["views"] == 1]
+        curve1.append({"step": r["steps"], "seconds": r["seconds"], "psnr": r["psnr_per_view"][0]})
+        target = d["psnr_per_view"][0]
+        reach = time_to(curve1, target)
+        payload["students"][s] = {
+            "distilled": {k: d[k] for k in ("psnr", "ssim", "psnr_per_view", "steps", "seconds", "stage_starts",
+                                            "params", "psnr_vs_teacher_last")} | {"wall_seconds": round(d_wall, 1)},
+            "scratch": {k: r[k] for k in ("psnr", "ssim", "psnr_per_view", "steps", "seconds", "params")}
+            | {"curve_first_view": curve1, "wall_seconds": round(r_wall, 1), "field": field, "encoder": encoder},
+            "gap_to_teacher_db": round(teacher["clamped"]["psnr"] - d["psnr"], 2),
+            "distilled_minus_scratch_db": round(d["psnr"] - r["psnr"], 2),
+            "scratch_seconds_to_distilled_psnr_first_view": reach,
+            "speedup_vs_scratch": round(reach / d["seconds"], 2) if reach else None,
+        }
+        with open(work / f"{s}_scratch" / "config.json") as f:
+            import json
+
+            kinit = json.load(f)["train"].get("kernel_init")
+        if kinit:
+            payload["students"][s]["scratch"]["neurbf_warmup_seconds"] = kinit.get("warmup_seconds")
+        print(f"{s}: scratch {r['psnr']:.2f} dB in {r['seconds']:.0f} s ({r['steps']} steps); "
+              f"scratch reaches the distilled PSNR (view 0: {target:.2f}) at {reach} s", flush=True)
+        write_json(args.out, payload, "cpu", machine=machine)
+    rows = [[s, f"{v['distilled']['psnr']:.2f}", f"{v['gap_to_teacher_db']:+.2f}", f"{v['distilled']['seconds']:.0f}",
+             f"{v['scratch']['psnr']:.2f}", str(v["scratch_seconds_to_distilled_psnr_first_view"])]
+            for s, v in payload["students"].items()]
+    payload["machine_end"] = {"load_average_1_5_15min": list(os.getloadavg())}
+    write_json(args.out, payload, "cpu", machine=machine)
+    plot(payload, Path(args.out).with_suffix(".png"))
+    print(fmt_table(["student", "distilled dB", "gap to teacher", "distill s", "scratch dB (same time)",
+                     "scratch s to distilled dB"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

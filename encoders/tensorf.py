@@ -1,0 +1,66 @@
+"""TensoRF's vector-matrix (VM) decomposition as an encoding (Chen et al., ECCV 2022).
+
+A 3D feature volume is stored as three low-rank terms, one per axis pair: a plane over two axes
+times a line along the third, ``f_c(x) = P^xy_c(x, y) L^z_c(z)`` (and the same for xz / y and
+yz / x). The output concatenates the three modes, each with ``n_components`` channels:
+``[..., 3 * n_components]`` in mode-major order (xy*z, xz*y, yz*x), so a field can reshape it to
+``[..., 3, n_components]`` and sum or project the components as TensoRF does.
+
+Config: ``n_components`` (rank per mode, 16), ``resolution`` (plane and line samples per axis,
+128), ``init_std`` (0.1, TensoRF's ``init_scale``). Inputs in [0, 1]^3; bilinear / linear
+interpolation with the end samples on the box faces (``align_corners=True``).
+TensoRF grows the resolution during training; a fixed resolution is used here.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fieldstudio.config import Field, at_least, positive
+
+from .base import Encoding
+from .registry import register
+
+# (plane axes, line axis) per mode
+_MODES = ((0, 1, 2), (0, 2, 1), (1, 2, 0))
+
+
+@register
+class TensorfVM(Encoding):
+    """Plane x line products over the three axis pairs: ``3 * n_components`` features."""
+
+    otype: ClassVar[str] = "TensorfVM"
+    aliases: ClassVar[tuple[str, ...]] = ("TensoRF", "VM")
+    fields: ClassVar[dict[str, Field]] = {
+        "n_components": Field(int, 16, check=at_least(1), doc="rank per mode"),
+        "resolution": Field(int, 128, check=at_least(2), doc="samples per axis of every plane and line"),
+        "init_std": Field(float, 0.1, check=positive, doc="normal init scale of planes and lines"),
+    }
+
+    def __init__(self, n_input_dims: int = 3, config=None):
+        super().__init__(n_input_dims, config)
+        if self.n_input_dims != 3:
+            raise ValueError(f"TensorfVM encodes 3D points, got n_input_dims={self.n_input_dims}")
+        c, r, s = self.cfg["n_components"], self.cfg["resolution"], self.cfg["init_std"]
+        self.planes = nn.Parameter(torch.randn(3, c, r, r) * s)
+        self.lines = nn.Parameter(torch.randn(3, c, r, 1) * s)
+
+    @property
+    def n_output_dims(self) -> int:
+        return 3 * self.cfg["n_components"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        lead = x.shape[:-1]
+        u = x.reshape(-1, 3).to(self.planes.dtype) * 2.0 - 1.0
+        # grid_sample reads (column, row): a plane over axes (a, b) is indexed [b, a]
+        plane_xy = torch.stack([u[:, [a, b]] for a, b, _ in _MODES])  # [3, n, 2]
+        line_z = torch.stack([torch.stack([torch.zeros_like(u[:, k]), u[:, k]], -1) for _, _, k in _MODES])
+        p = F.grid_sample(self.planes, plane_xy[:, :, None], mode="bilinear", align_corners=True)  # [3, c, n, 1]
+        ln = F.grid_sample(self.lines, line_z[:, :, None], mode="bilinear", align_corners=True)
+        out = (p * ln)[..., 0].permute(2, 0, 1)  # [n, 3, c]
+        return out.reshape(*lead, self.n_output_dims).to(x.dtype)

@@ -1,0 +1,128 @@
+"""Radiance fields built on explicit grids, with the same channels as `fields.radiance` (PVD's layout).
+
+* `TensoRFField` -- TensoRF VM: one `TensorfVM` encoding whose first ``density_components`` channels
+  per mode are summed into the raw log-density and whose other channels are projected by a bias-free
+  linear "basis matrix" to 15 appearance features; ``feature`` is ``[log-density, 15 features]``
+  and the colour head is Instant-NGP's (SH degree 4 of the view direction + 15 features -> 2 x 64 MLP).
+* `VoxelField` -- Plenoxels-style dense voxel grid, no MLP: every vertex stores a raw log-density and
+  ``sh_degree**2`` spherical-harmonic coefficients per colour channel; trilinear interpolation;
+  ``rgb = sigmoid(sum_k SH_k(d) c_k)``. It has no volume feature: ``channels`` returns density,
+  log_density and rgb only (``has_feature = False``), so distillation skips its feature stage.
+
+Inputs and outputs as `fields.radiance`: ``x`` in [0, 1]^3, unit ``d``; ``density = trunc_exp(log_density)``
+and the optional ``log_density_clip`` (PVD: [-2, 7]).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fieldstudio.config import Field, at_least, parse_fields, positive
+from fieldstudio.encoders import build_encoding
+from fieldstudio.errors import ConfigError
+
+from .radiance import (N_FEATURES, NGP_DIRECTION_ENCODING, NGP_RGB_NETWORK, _check_clip, _direction_input,
+                       _RadianceField, trunc_exp)
+
+_TENSORF_FIELDS = {
+    "encoding": Field(dict, {"otype": "TensorfVM", "n_components": 64, "resolution": 128, "init_std": 0.1},
+                      doc="VM planes+lines; n_components = density + appearance components"),
+    "density_components": Field(int, 16, check=at_least(1), doc="components per mode summed into the log-density"),
+    "direction_encoding": Field(dict, NGP_DIRECTION_ENCODING),
+    "rgb_network": Field(dict, NGP_RGB_NETWORK),
+    "log_density_clip": Field((list, type(None)), None, check=_check_clip),
+}
+
+
+class TensoRFField(_RadianceField):
+    """TensoRF VM with PVD's shared head: density rank 16 and appearance rank 48 per mode by default
+    (PVD's), on 128-sample planes and lines (PVD: 300) to suit a CPU."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None, backend: str = "auto"):
+        super().__init__()
+        self.cfg = copy.deepcopy(parse_fields(config or {}, _TENSORF_FIELDS, where="TensoRFField", ignore=("otype",)))
+        self.encoding = build_encoding(self.cfg["encoding"], 3, backend=backend)
+        self.cfg["encoding"] = self.encoding.config
+        n = self.encoding.n_output_dims // 3
+        nd = self.cfg["density_components"]
+        if self.encoding.n_output_dims % 3 or not 0 < nd < n:
+            raise ConfigError(f"TensoRFField: density_components={nd} must be below the encoding's {n} components per mode",
+                              "use a TensorfVM encoding with n_components > density_components")
+        self.basis = nn.Linear(3 * (n - nd), N_FEATURES - 1, bias=False)
+        self._init_head(self.cfg["direction_encoding"], self.cfg["rgb_network"], backend)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"otype": "TensoRFField", **copy.deepcopy(self.cfg)}
+
+    def feature(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., 16]``: the summed density components, then the projected appearance components."""
+        f = self.encoding(x)
+        f = f.reshape(*f.shape[:-1], 3, -1)
+        nd = self.cfg["density_components"]
+        sigma = f[..., :nd].sum(dim=(-1, -2))
+        return torch.cat([sigma[..., None], self.basis(f[..., nd:].flatten(-2))], dim=-1)
+
+
+_VOXEL_FIELDS = {
+    "resolution": Field(int, 96, check=at_least(2), doc="grid vertices per axis (Plenoxels: 512 sparse; PVD: 128 dense)"),
+    "sh_degree": Field(int, 3, check=at_least(1), doc="SH bands (tcnn's 'degree'): sh_degree**2 coefficients per colour"),
+    "init_std": Field(float, 0.02, check=positive, doc="normal init of every value (PVD)"),
+    "log_density_clip": Field((list, type(None)), None, check=_check_clip),
+}
+
+
+class VoxelField(nn.Module):
+    """Dense grid of (raw log-density, SH colour coefficients), trilinearly interpolated, no network."""
+
+    kind = "radiance"
+    channel_names = ("density", "log_density", "rgb")
+    has_feature = False
+
+    def __init__(self, config: Mapping[str, Any] | None = None, backend: str = "auto"):
+        super().__init__()
+        self.cfg = copy.deepcopy(parse_fields(config or {}, _VOXEL_FIELDS, where="VoxelField", ignore=("otype",)))
+        r, k = self.cfg["resolution"], self.cfg["sh_degree"] ** 2
+        self.direction_encoding = build_encoding({"otype": "SphericalHarmonics", "degree": self.cfg["sh_degree"]}, 3,
+                                                 backend="torch")
+        self.grid = nn.Parameter(torch.randn(1, 1 + 3 * k, r, r, r) * self.cfg["init_std"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"otype": "VoxelField", **copy.deepcopy(self.cfg)}
+
+    def _sample(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        # grid_sample's 3D grid is (W, H, D) = (x, y, z) against a volume stored [z, y, x]
+        g = (x.reshape(1, -1, 1, 1, 3).to(self.grid.dtype) * 2.0 - 1.0)
+        v = F.grid_sample(self.grid, g, mode="bilinear", align_corners=True)  # [1, C, n, 1, 1]
+        return v.reshape(self.grid.shape[1], -1).t().reshape(*lead, self.grid.shape[1])
+
+    def _log_density(self, v: torch.Tensor) -> torch.Tensor:
+        clip = self.cfg["log_density_clip"]
+        return v[..., 0] if clip is None else v[..., 0].clamp(clip[0], clip[1])
+
+    def _rgb(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        sh = self.direction_encoding(_direction_input(d).to(v.dtype))  # [..., k]
+        coef = v[..., 1:].reshape(*v.shape[:-1], 3, -1)
+        return torch.sigmoid((coef * sh[..., None, :]).sum(-1))
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return trunc_exp(self._log_density(self._sample(x)))
+
+    def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self._sample(x)
+        return self._rgb(v, d), trunc_exp(self._log_density(v))
+
+    def channels(self, x: torch.Tensor, d: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        v = self._sample(x)
+        log_density = self._log_density(v)
+        out = {"density": trunc_exp(log_density), "log_density": log_density}
+        if d is not None:
+            out["rgb"] = self._rgb(v, d)
+        return out

@@ -1,0 +1,123 @@
+"""`fieldstudio distill`: a tiny trained teacher -> a student run that render / export-mesh open; errors."""
+
+import json
+
+import pytest
+import torch
+
+from fieldstudio import runs
+from fieldstudio.apps.cli import main
+from fieldstudio.apps.distill import STUDENTS, distill_run
+from fieldstudio.apps.reconstruct import load_scene_run, reconstruct
+from fieldstudio.errors import ConfigError, InputError
+from fieldstudio.fields.radiance_grids import VoxelField
+
+SHORT = dict(progress=False, device="cpu", target_samples=4096, grid_resolution=32, checkpoint_every=20)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    reconstruct(None, steps=40, out=out, eval_views=1, **SHORT)
+    return out
+
+
+def test_cli_distills_into_a_scene_run_that_render_and_export_open(teacher, tmp_path, capsys):
+    out = tmp_path / "vox"
+    rc = main(["distill", str(teacher), "--to", "voxels", "--steps", "12", "--rays", "256", "--out", str(out),
+               "--eval-views", "1", "--quiet"])
+    assert rc == 0
+    assert "student vs teacher" in capsys.readouterr().out
+    cfg = json.loads((out / runs.CONFIG).read_text())
+    assert cfg["kind"] == "scene" and cfg["field"]["otype"] == "VoxelField"
+    assert cfg["field"]["log_density_clip"] == [-2.0, 7.0]
+    assert cfg["train"]["distill"]["schedule"]["feature_stage"] is False  # voxels have no feature
+    metrics = json.loads((out / runs.METRICS).read_text())
+    assert metrics["steps"] == 12 and metrics["test_views"] == 1 and "psnr" in metrics
+    # no feature stage for voxels: points from step 0, rendering from 12 * 5/30 = 2
+    assert metrics["stage_starts"] == {"2": 0, "3": 2}
+    assert json.loads((out / runs.HISTORY).read_text())[-1]["stage"] == 3
+    model, _ = load_scene_run(out, device="cpu")
+    assert isinstance(model.field, VoxelField)
+    teacher_model, _ = load_scene_run(teacher, device="cpu")
+    assert torch.equal(model.grid.binaries, teacher_model.grid.binaries)  # the student keeps the teacher's grid
+    assert main(["render", str(out), "--frames", "2", "--out", str(tmp_path / "orbit.gif"), "--quiet",
+                 "--no-depth"]) == 0
+    assert (tmp_path / "orbit.gif").exists()
+    with torch.no_grad():
+        thr = float(model.field.density(torch.rand(20000, 3)).quantile(0.99))
+    assert main(["export-mesh", str(out), "--resolution", "24", "--threshold", f"{thr:.4f}",
+                 "--out", str(tmp_path / "m.ply")]) == 0
+    assert (tmp_path / "m.ply").exists()
+
+
+def test_distilled_student_approaches_the_teacher(teacher, tmp_path):
+    """A hash-grid student distilled for a few dozen steps renders the test view far closer to the
+    teacher's rendering than the same student untrained."""
+    m = distill_run(teacher, "hashgrid", out=tmp_path / "h", steps=40, n_rays=512, eval_views=1, progress=False)
+    assert m["stage_starts"] == {1: 0, 2: 3, 3: 7}
+    teacher_m = json.loads((teacher / runs.METRICS).read_text())
+    assert m["psnr"] > teacher_m["psnr"] - 6.0
+    assert m["psnr_vs_teacher_last"] > 20.0
+
+
+def test_resume_continues_to_the_total_steps(teacher, tmp_path):
+    out = tmp_path / "r"
+    distill_run(teacher, "tensorf", out=out, steps=4, n_rays=128, eval_views=1, progress=False, checkpoint_every=2)
+    with pytest.raises(Exception, match="already holds a run"):
+        distill_run(teacher, "tensorf", out=out, steps=6, progress=False)
+    m = distill_run(teacher, "tensorf", out=out, steps=6, n_rays=128, eval_views=1, progress=False, resume=True)
+    assert m["steps"] == 6
+    assert json.loads((out / runs.CONFIG).read_text())["step"] == 6
+
+
+def test_errors_are_one_line_with_the_supported_choices(teacher, tmp_path, capsys):
+    assert main(["distill", str(tmp_path / "nope"), "--to", "mlp", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "teacher run not found" in err and len(err.splitlines()) == 1
+    assert main(["distill", str(teacher), "--to", "octree", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown student type 'octree'" in err and all(k in err for k in STUDENTS)
+    image_run = tmp_path / "img"
+    image_run.mkdir()
+    (image_run / runs.CONFIG).write_text(json.dumps({"kind": "image", "field": {"otype": "ImageField"}}))
+    assert main(["distill", str(image_run), "--to", "mlp", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a radiance field teacher" in err and "NGPRadianceField" in err
+
+
+def test_a_student_without_colour_is_refused(teacher, tmp_path):
+    class DensityOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def channels(self, x, d=None):
+            return {"log_density": x[..., 0] + self.w}
+
+    with pytest.raises(ConfigError, match="lack rgb"):
+        distill_run(teacher, "custom", student=DensityOnly(), out=tmp_path / "c", steps=2, progress=False)
+
+
+def test_studio_distill_job_and_its_input_checks(teacher, tmp_path):
+    from fieldstudio.apps.studio import common, tab_distill
+    from fieldstudio.apps.studio.jobs import DONE, JobManager
+
+    manager = JobManager(max_running=1, max_queued=1)
+    try:
+        job = manager.wait(manager.submit(
+            lambda ctx: tab_distill.distill_job(ctx, teacher=str(teacher), to="tensorf", steps=6, out=tmp_path / "s",
+                                                n_rays=128, eval_views=1, finetune_steps=2), kind="distill", label="distill", total=6,
+            out=tmp_path / "s").id)
+        assert job.status == DONE, job.error
+        assert "weights.safetensors" in job.outputs and job.phase.startswith("finished")
+        assert [r["stage"] for r in job.history][-1] == 3
+        assert "finetune_seconds" in json.loads((tmp_path / "s" / runs.METRICS).read_text())  # real-image last stage
+        studio = common.Studio(manager=manager, workdir=tmp_path / "w")
+        with pytest.raises(InputError, match="teacher run not found"):
+            tab_distill.start_distill(studio, str(tmp_path / "missing"), "mlp", 10)
+        with pytest.raises(ConfigError, match="unknown student type"):
+            tab_distill.start_distill(studio, str(teacher), "octree", 10)
+    finally:
+        manager.shutdown()

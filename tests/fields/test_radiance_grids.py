@@ -1,0 +1,144 @@
+"""TensoRF VM encoding and the grid radiance fields: math against brute force, channels and the clamp."""
+
+import math
+
+import pytest
+import torch
+
+from fieldstudio.encoders import build_encoding
+from fieldstudio.fields.radiance import NGPRadianceField, VanillaNeRF
+from fieldstudio.fields.radiance_grids import TensoRFField, VoxelField
+from fieldstudio.fields.registry import build_field
+
+CLIP = [-2.0, 7.0]
+
+
+def _lerp1(line, t):
+    """Linear interpolation of ``line [C, R]`` at ``t`` in [0, 1] (end samples on the ends)."""
+    r = line.shape[1]
+    p = t * (r - 1)
+    i0 = int(math.floor(p))
+    i0 = min(max(i0, 0), r - 2)
+    w = p - i0
+    return line[:, i0] * (1 - w) + line[:, i0 + 1] * w
+
+
+def _bilerp(plane, a, b):
+    """Bilinear interpolation of ``plane [C, R_b, R_a]`` at (a, b) in [0, 1]^2."""
+    rows = torch.stack([_lerp1(plane[:, j, :], a) for j in range(plane.shape[1])], dim=1)  # [C, R_b]
+    return _lerp1(rows, b)
+
+
+def test_tensorf_vm_matches_brute_force():
+    torch.manual_seed(0)
+    enc = build_encoding({"otype": "TensorfVM", "n_components": 3, "resolution": 5}, 3)
+    x = torch.rand(7, 3)
+    out = enc(x)
+    assert out.shape == (7, 9) and enc.n_output_dims == 9
+    for n in range(7):
+        ref = []
+        for m, (a, b, k) in enumerate(((0, 1, 2), (0, 2, 1), (1, 2, 0))):
+            p = _bilerp(enc.planes[m], float(x[n, a]), float(x[n, b]))
+            ln = _lerp1(enc.lines[m, :, :, 0], float(x[n, k]))
+            ref.append(p * ln)
+        torch.testing.assert_close(out[n], torch.cat(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_tensorf_vm_gradcheck():
+    torch.manual_seed(1)
+    enc = build_encoding({"otype": "TensorfVM", "n_components": 2, "resolution": 4}, 3).double()
+    x = torch.rand(5, 3, dtype=torch.float64) * 0.9 + 0.05
+    assert torch.autograd.gradcheck(enc, (x.clone().requires_grad_(),))
+
+    def of_params(planes, lines):
+        return torch.func.functional_call(enc, {"planes": planes, "lines": lines}, (x,))
+
+    assert torch.autograd.gradcheck(of_params, (enc.planes.detach().clone().requires_grad_(),
+                                                enc.lines.detach().clone().requires_grad_()))
+
+
+def test_voxel_field_is_trilinear_with_sh_colour():
+    torch.manual_seed(2)
+    fld = VoxelField({"resolution": 4, "sh_degree": 2, "init_std": 1.0})
+    x = torch.rand(6, 3)
+    d = torch.nn.functional.normalize(torch.randn(6, 3), dim=-1)
+    ch = fld.channels(x, d)
+    g = fld.grid[0]  # [C, z, y, x]
+    r = g.shape[-1]
+    for n in range(6):
+        p = x[n] * (r - 1)
+        i0 = p.floor().long().clamp(0, r - 2)
+        w = p - i0
+        v = torch.zeros(g.shape[0])
+        for dx in (0, 1):
+            for dy in (0, 1):
+                for dz in (0, 1):
+                    wt = (w[0] if dx else 1 - w[0]) * (w[1] if dy else 1 - w[1]) * (w[2] if dz else 1 - w[2])
+                    v = v + wt * g[:, i0[2] + dz, i0[1] + dy, i0[0] + dx]
+        torch.testing.assert_close(ch["log_density"][n], v[0], rtol=1e-5, atol=1e-5)
+        # degree 2: band 0 constant, band 1 (-y, z, -x) * 0.4886
+        vx, vy, vz = d[n].tolist()
+        sh = torch.tensor([0.28209479177387814, -0.4886025119 * vy, 0.4886025119 * vz, -0.4886025119 * vx])
+        rgb = torch.sigmoid(v[1:].reshape(3, 4) @ sh)
+        torch.testing.assert_close(ch["rgb"][n], rgb, rtol=1e-5, atol=1e-5)
+
+
+def _fields():
+    from fieldstudio.apps.scene_kernels import neurbf_radiance_config
+
+    nb = neurbf_radiance_config()
+    nb["encoding"]["n_kernels"] = 64
+    nb["encoding"].pop("param_budget", None)
+    nb["encoding"].pop("reserved_params", None)
+    small_hash = {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 12}
+    return {
+        "mlp": VanillaNeRF({"n_neurons": 32, "n_hidden_layers": 2, "skips": [0], "log_density_clip": CLIP}),
+        "hashgrid": NGPRadianceField({"encoding": small_hash, "log_density_clip": CLIP}, backend="torch"),
+        "tensorf": TensoRFField({"encoding": {"otype": "TensorfVM", "n_components": 8, "resolution": 16},
+                                 "density_components": 2, "log_density_clip": CLIP}),
+        "voxels": VoxelField({"resolution": 8, "log_density_clip": CLIP}),
+        "neurbf": NGPRadianceField({**nb, "log_density_clip": CLIP}, backend="torch"),
+    }
+
+
+@pytest.mark.parametrize("name", ["mlp", "hashgrid", "tensorf", "voxels", "neurbf"])
+def test_channels_shapes_ranges_and_clamp(name):
+    torch.manual_seed(3)
+    fld = _fields()[name]
+    x = torch.rand(4, 5, 3)
+    d = torch.nn.functional.normalize(torch.randn(4, 5, 3), dim=-1)
+    ch = fld.channels(x, d)
+    assert ch["log_density"].shape == ch["density"].shape == (4, 5)
+    assert ch["rgb"].shape == (4, 5, 3)
+    assert ((ch["rgb"] >= 0) & (ch["rgb"] <= 1)).all()
+    assert (ch["log_density"] >= -2).all() and (ch["log_density"] <= 7).all()
+    torch.testing.assert_close(ch["density"], torch.exp(ch["log_density"]))
+    if name == "voxels":
+        assert "feature" not in ch and fld.has_feature is False
+    else:
+        assert ch["feature"].shape == (4, 5, 16)
+        torch.testing.assert_close(ch["log_density"], ch["feature"][..., 0].clamp(-2, 7))
+    assert "rgb" not in fld.channels(x)
+    # push the raw log-density far out of range both ways: the clamp must hold
+    with torch.no_grad():
+        for sign, bound in ((1, 7.0), (-1, -2.0)):
+            if name == "voxels":
+                fld.grid[:, 0] = sign * 100.0
+                raw = fld._sample(x)[..., 0]
+            else:
+                feat = fld.feature
+                fld.feature = lambda xx, feat=feat: torch.cat([sign * 100 + feat(xx)[..., :1], feat(xx)[..., 1:]], -1)
+                raw = fld.feature(x)[..., 0]
+            assert (raw.abs() > 50).all()
+            torch.testing.assert_close(fld.channels(x)["log_density"], torch.full((4, 5), bound))
+            if name != "voxels":
+                del fld.feature
+
+
+def test_grid_fields_round_trip_through_the_registry():
+    for fld in (TensoRFField({"log_density_clip": CLIP}), VoxelField({"resolution": 8})):
+        again = build_field(fld.config)
+        again.load_state_dict(fld.state_dict())
+        x = torch.rand(3, 3)
+        d = torch.nn.functional.normalize(torch.randn(3, 3), dim=-1)
+        torch.testing.assert_close(again.channels(x, d)["rgb"], fld.channels(x, d)["rgb"])
