@@ -60,8 +60,11 @@ class TensoRFField(_RadianceField):
     def config(self) -> dict[str, Any]:
         return {"otype": "TensoRFField", **copy.deepcopy(self.cfg)}
 
-    def feature(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., 16]``: the summed density components, then the projected appearance components."""
+    def feature(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., 16]``: the summed density components, then the projected appearance components.
+
+        ``d`` is part of the field contract (a CAM field's density reads it); this one ignores it.
+        """
         f = self.encoding(x)
         f = f.reshape(*f.shape[:-1], 3, -1)
         nd = self.cfg["density_components"]
@@ -112,7 +115,8 @@ class VoxelField(nn.Module):
         coef = v[..., 1:].reshape(*v.shape[:-1], 3, -1)
         return torch.sigmoid((coef * sh[..., None, :]).sum(-1))
 
-    def density(self, x: torch.Tensor) -> torch.Tensor:
+    def density(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """``sigma`` at ``x``; ``d`` is accepted for the field contract and ignored (no view-dependent density)."""
         return trunc_exp(self._log_density(self._sample(x)))
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

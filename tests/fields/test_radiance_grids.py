@@ -127,7 +127,7 @@ def test_channels_shapes_ranges_and_clamp(name):
                 raw = fld._sample(x)[..., 0]
             else:
                 feat = fld.feature
-                fld.feature = lambda xx, feat=feat: torch.cat([sign * 100 + feat(xx)[..., :1], feat(xx)[..., 1:]], -1)
+                fld.feature = lambda xx, d=None, feat=feat: torch.cat([sign * 100 + feat(xx)[..., :1], feat(xx)[..., 1:]], -1)
                 raw = fld.feature(x)[..., 0]
             assert (raw.abs() > 50).all()
             torch.testing.assert_close(fld.channels(x)["log_density"], torch.full((4, 5), bound))
