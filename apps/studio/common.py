@@ -138,3 +138,34 @@ def field_params(out: Path | None) -> int | None:
 def signature(jobs: list[Job]) -> tuple:
     """Changes whenever something the page shows about these jobs changes."""
     return tuple((j.id, j.status, j.step, len(j.history), tuple(sorted(j.outputs)), j.phase) for j in jobs)
+
+
+def wire_single_job(manager, *, start, cancel, timer, message, job_id, seen, inputs, launch, outputs, show) -> None:
+    """Connect a tab that runs one job at a time.
+
+    ``start`` calls ``launch(*inputs)`` (a new job id, or an error message and the old id);
+    ``cancel`` stops the job; each ``timer`` tick refreshes ``outputs`` with ``show(job, metrics)``
+    (metrics once the job is done), and only when the job changed, so an idle tab sends nothing.
+    """
+    import gradio as gr
+
+    def on_start(*args):
+        *values, current = args
+        try:
+            return "Started.", launch(*values)
+        except Exception as exc:
+            return error_text(exc), current
+
+    def on_cancel(jid):
+        return cancel_message(manager, jid)
+
+    def on_tick(jid, last):
+        job, sig = changed_job(manager, jid, last)
+        if job is None:
+            return [gr.skip()] * len(outputs) + [last]
+        m = read_metrics(job.out) if job.status == "done" else {}
+        return (*show(job, m), sig)
+
+    start.click(on_start, [*inputs, job_id], [message, job_id])
+    cancel.click(on_cancel, [job_id], [message])
+    timer.tick(on_tick, [job_id, seen], [*outputs, seen])

@@ -75,23 +75,10 @@ def build(studio: common.Studio) -> None:
     seen = gr.State(None)
     timer = gr.Timer(1.0)
 
-    def on_start(teacher, to, steps, current):
-        try:
-            return "Started.", start_distill(studio, teacher, to, steps)
-        except Exception as exc:
-            return common.error_text(exc), current
-
-    def on_cancel(job_id):
-        return common.cancel_message(studio.manager, job_id)
-
-    def on_tick(job_id, seen):
-        job, sig = common.changed_job(studio.manager, job_id, seen)
-        if job is None:
-            return [gr.skip()] * 4 + [seen]
-        m = common.read_metrics(job.out) if job.status == "done" else {}
+    def show(job, m):
         return (common.status_lines([job]), job.outputs.get("preview"), common.metric_rows(m, METRIC_KEYS, 3),
-                [job.outputs[k] for k in ("weights.safetensors", "metrics.json") if k in job.outputs] or None, sig)
+                [job.outputs[k] for k in ("weights.safetensors", "metrics.json") if k in job.outputs] or None)
 
-    start.click(on_start, [teacher, to, steps, job_id], [message, job_id])
-    cancel.click(on_cancel, [job_id], [message])
-    timer.tick(on_tick, [job_id, seen], [status, preview, table, files, seen])
+    common.wire_single_job(studio.manager, start=start, cancel=cancel, timer=timer, message=message, job_id=job_id,
+                           seen=seen, inputs=[teacher, to, steps], launch=lambda *v: start_distill(studio, *v),
+                           outputs=[status, preview, table, files], show=show)

@@ -78,24 +78,10 @@ def build(studio: common.Studio) -> None:
     seen = gr.State(None)
     timer = gr.Timer(1.0)
 
-    def on_start(upload, lon, lat, target, encoder, network, L, steps, current):
-        try:
-            return "Started.", start_fit(studio, upload, lon, lat, target, encoder, network, L, steps)
-        except Exception as exc:
-            return common.error_text(exc), current
+    def show(job, m):
+        return (common.status_lines([job]), job.outputs.get("map.png"), common.metric_rows(m, METRIC_KEYS, 4),
+                [job.outputs[k] for k in ("map.png", "weights.safetensors") if k in job.outputs] or None)
 
-    def on_cancel(job_id):
-        return common.cancel_message(studio.manager, job_id)
-
-    def on_tick(job_id, seen):
-        job, sig = common.changed_job(studio.manager, job_id, seen)
-        if job is None:
-            return [gr.skip()] * 4 + [seen]
-        m = common.read_metrics(job.out) if job.status == "done" else {}
-        rows = common.metric_rows(m, METRIC_KEYS, 4)
-        return (common.status_lines([job]), job.outputs.get("map.png"), rows,
-                [job.outputs[k] for k in ("map.png", "weights.safetensors") if k in job.outputs] or None, sig)
-
-    start.click(on_start, [upload, lon, lat, target, encoder, network, L, steps, job_id], [message, job_id])
-    cancel.click(on_cancel, [job_id], [message])
-    timer.tick(on_tick, [job_id, seen], [status, world, table, files, seen])
+    common.wire_single_job(studio.manager, start=start, cancel=cancel, timer=timer, message=message, job_id=job_id,
+                           seen=seen, inputs=[upload, lon, lat, target, encoder, network, L, steps],
+                           launch=lambda *v: start_fit(studio, *v), outputs=[status, world, table, files], show=show)

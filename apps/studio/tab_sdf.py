@@ -84,25 +84,12 @@ def build(studio: common.Studio) -> None:
     seen = gr.State(None)
     timer = gr.Timer(1.0)
 
-    def on_start(upload, shape, encoder, steps, resolution, samples, current):
-        try:
-            return "Started.", start_fit(studio, upload, shape, encoder, steps, resolution, samples)
-        except Exception as exc:
-            return common.error_text(exc), current
+    def show(job, m):
+        return (common.status_lines([job]), job.outputs.get("mesh.glb"), job.outputs.get(PREVIEW),
+                common.metric_rows(m, METRIC_KEYS, 5),
+                [job.outputs[k] for k in ("mesh.glb", MESH_OUT, "weights.safetensors") if k in job.outputs] or None)
 
-    def on_cancel(job_id):
-        return common.cancel_message(studio.manager, job_id)
-
-    def on_tick(job_id, seen):
-        job, sig = common.changed_job(studio.manager, job_id, seen)
-        if job is None:
-            return [gr.skip()] * 5 + [seen]
-        m = common.read_metrics(job.out) if job.status == "done" else {}
-        rows = common.metric_rows(m, METRIC_KEYS, 5)
-        return (common.status_lines([job]), job.outputs.get("mesh.glb"), job.outputs.get(PREVIEW), rows,
-                [job.outputs[k] for k in ("mesh.glb", MESH_OUT, "weights.safetensors") if k in job.outputs] or None,
-                sig)
-
-    start.click(on_start, [upload, shape, encoder, steps, resolution, samples, job_id], [message, job_id])
-    cancel.click(on_cancel, [job_id], [message])
-    timer.tick(on_tick, [job_id, seen], [status, model, preview, table, files, seen])
+    common.wire_single_job(studio.manager, start=start, cancel=cancel, timer=timer, message=message, job_id=job_id,
+                           seen=seen, inputs=[upload, shape, encoder, steps, resolution, samples],
+                           launch=lambda *v: start_fit(studio, *v), outputs=[status, model, preview, table, files],
+                           show=show)
