@@ -58,11 +58,12 @@ class SceneModel(nn.Module):
         """Volume-render ``rays``: ``(rgb, opacity, depth, n_samples)``."""
         o, d, v = rays.origins, rays.directions, rays.viewdirs
         t_max = torch.where(rays.hit, rays.t_far, rays.t_near - 1.0)  # empty interval for rays that miss
+        # only a field with CAM has a view-dependent density: spare the others a gather per sample
+        view_dependent = getattr(self.field, "view_dependent_density", False)
 
         def sigma_fn(ts, te, ri):
             x = o[ri] + d[ri] * ((ts + te) * 0.5)[:, None]
-            # the direction matters to a field with CAM (a view-dependent density)
-            return self.field.density(self.to_unit(x), v[ri])
+            return self.field.density(self.to_unit(x), v[ri] if view_dependent else None)
 
         def rgb_sigma_fn(ts, te, ri):
             x = o[ri] + d[ri] * ((ts + te) * 0.5)[:, None]

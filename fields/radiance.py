@@ -87,6 +87,8 @@ class _RadianceField(nn.Module):
 
     kind = "radiance"
     channel_names = ("density", "log_density", "feature", "rgb")
+    #: whether `density` reads the view direction (CAM); renderers gather directions only then
+    view_dependent_density = False
 
     def _init_head(self, dir_cfg: Mapping[str, Any], rgb_cfg: Mapping[str, Any], backend: str) -> None:
         self.direction_encoding = build_encoding(dir_cfg, 3, backend=backend)
@@ -181,6 +183,7 @@ class NGPRadianceField(_RadianceField):
         if self.cfg["cam"] is not None:
             self.cam = _build_cam(self.cfg["cam"], self.density_network)
             self.cfg["cam"] = self.cam.config
+        self.view_dependent_density = self.cam is not None
 
     @property
     def config(self) -> dict[str, Any]:
