@@ -79,7 +79,7 @@ def _load(key: str, module_name: str, sources: tuple[str, ...], cflags: tuple[st
 
 def cpu_kernels():
     """The compiled grid-encoding kernels, or None (see `kernel_status` for why)."""
-    return _load("grid", "fieldstudio_cpu_kernels", ("grid.cpp", "rbf.cpp"))
+    return _load("grid", "fieldstudio_cpu_kernels", ("grid.cpp", "rbf.cpp", "huge_alloc.cpp"))
 
 
 def render_kernels():

@@ -107,3 +107,58 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch):
         assert torch.isfinite(enc(torch.rand(5, 3))).all()
     finally:
         kernels.reset_for_tests()
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_level_major_passes_split_points_when_threads_outnumber_levels(threads, torch_path):
+    # 2 levels and up to 5 workers: the forward splits each level's points into slices, the
+    # backward keeps one worker per level (and per-worker partial input gradients)
+    gen = torch.Generator().manual_seed(threads)
+    enc = build_encoding({"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 12, "base_resolution": 5,
+                          "per_level_scale": 7.0}, 3)
+    with torch.no_grad():
+        enc.params.uniform_(-1, 1, generator=gen)
+    x0 = _points(9001, 3, gen)  # not a multiple of the slice or prefetch sizes
+    g = torch.randn(9001, enc.n_output_dims, generator=gen)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = x0.clone().requires_grad_(True)
+        y_k = enc(x)
+        gt_k, gx_k = torch.autograd.grad(y_k, (enc.params, x), g)
+    finally:
+        torch.set_num_threads(old)
+    torch_path()
+    x = x0.clone().requires_grad_(True)
+    y_t = enc(x)
+    gt_t, gx_t = torch.autograd.grad(y_t, (enc.params, x), g)
+    torch.testing.assert_close(y_k, y_t, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gt_k, gt_t, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_k, gx_t, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+def test_recycled_huge_page_buffers_start_clean(torch_path):
+    # tables of 2 MB and more live on recycled huge-page buffers, handed out uninitialised: a second
+    # backward must not see the first one's gradient, and the table keeps its values and identity
+    gen = torch.Generator().manual_seed(7)
+    enc = build_encoding({"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 18, "base_resolution": 16,
+                          "per_level_scale": 2.0}, 3)
+    assert enc.params.numel() * 4 >= 2 << 20
+    with torch.no_grad():
+        enc.params.uniform_(-1, 1, generator=gen)
+    param, before = enc.params, enc.params.detach().clone()
+    x = torch.rand(5000, 3, generator=gen)
+    grads = []
+    for _ in range(3):
+        g = torch.randn(5000, enc.n_output_dims, generator=gen)
+        (gt,) = torch.autograd.grad(enc(x), enc.params, g)
+        grads.append((g, gt.clone()))
+        del gt
+    assert enc.params is param and torch.equal(enc.params.detach(), before)
+    assert enc._table_on_huge_pages
+    torch_path()
+    for g, gt_k in grads:
+        (gt_t,) = torch.autograd.grad(enc(x), enc.params, g)
+        torch.testing.assert_close(gt_k, gt_t, rtol=1e-5, atol=1e-5)
