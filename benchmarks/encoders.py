@@ -53,6 +53,7 @@ from fieldstudio.encoders.grid_reference import grid_encode_reference  # noqa: E
 
 DEFAULT_POINTS = 1 << 18
 QUICK_POINTS = 1 << 14
+TIME_BAR_S = 0.2  # seconds per 3-D step at the default 2^18 points, on the CPU
 SPEEDUP_BAR = 10.0
 NEURBF_BAR = 5.0
 RESULT_TAG = "ONE_CASE_RESULT "
@@ -418,7 +419,10 @@ def run(args) -> int:
     # repeats were interleaved, so repeat i of the twin ran right after repeat i of the fast path
     paired = {f"{d}D": [t / f for t, f in zip(by[("twin", d)]["times_s"], by[("hashgrid", d)]["times_s"])]
               for d in (2, 3)}
-    passed = {k: v >= SPEEDUP_BAR for k, v in speedup.items()}
+    # the bar is set on 3-D points (>= 10x the twin and <= 0.2 s at 2^18 points, CPU); 2-D is reported
+    passed = {k: v >= SPEEDUP_BAR and (k != "3D" or device.type != "cpu" or n != DEFAULT_POINTS
+                                      or by[("hashgrid", 3)]["median_s"] <= TIME_BAR_S)
+              for k, v in speedup.items() if k == "3D"}
     rbf_dims = [d for d in (2, 3) if ("neurbf", d) in by]
     rbf_speedup = {f"{d}D": by[("neurbf_twin", d)]["median_s"] / by[("neurbf", d)]["median_s"] for d in rbf_dims}
     rbf_paired = {f"{d}D": [t / f for t, f in zip(by[("neurbf_twin", d)]["times_s"], by[("neurbf", d)]["times_s"])]
@@ -477,7 +481,9 @@ def run(args) -> int:
     verdict = "PASS" if ratios["pass_all"] else "FAIL"
     detail = ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in passed.items())
     note = "" if not on_cuda else " [informational: the issue's bar is set for the CPU]"
-    print(f"bar: HashGrid >= {SPEEDUP_BAR:g}x faster than the plain twin on {device.type}: {verdict} ({detail}){note}")
+    print(f"bar: 3-D HashGrid >= {SPEEDUP_BAR:g}x faster than the plain twin"
+          f"{f' and <= {TIME_BAR_S:g} s' if n == DEFAULT_POINTS and not on_cuda else ''} on {device.type}: "
+          f"{verdict} ({detail}; 2-D, reported only: {speedup.get('2D', float('nan')):.2f}x){note}")
     if ns_ratio:
         print("nerfstudio HashEncoding (torch): HashGrid throughput / nerfstudio throughput: "
               + ", ".join(f"{k} {v:.2f}x" for k, v in ns_ratio.items()))
