@@ -39,6 +39,23 @@ FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF, "tensorf": TensoRFField,
 DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4, "tensorf": 1e-2, "voxels": 1e-1}
 
 
+def occupancy_eval_fn(model: "SceneModel", step_size: float):
+    """What the occupancy grid evaluates: world points ``[N, 3]`` -> optical thickness of one step."""
+    view_dependent = getattr(model.field, "view_dependent_density", False)
+
+    def occ_eval_fn(x):
+        if not view_dependent:
+            return model.field.density(model.to_unit(x)) * step_size
+        # A CAM field's density depends on the view direction. Its bound over all directions (what
+        # density(x) alone returns) is so loose that every cell stays occupied and each ray takes
+        # ~16x the samples; like the random point inside each cell, one random direction per cell
+        # and update is used instead, and the grid's moving maximum remembers the densest seen.
+        d = torch.nn.functional.normalize(torch.randn(x.shape, device=x.device, dtype=x.dtype), dim=-1)
+        return model.field.density(model.to_unit(x), d) * step_size
+
+    return occ_eval_fn
+
+
 class SceneModel(nn.Module):
     """What a scene run trains and saves: the field and its occupancy grid."""
 
@@ -299,8 +316,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     state.extra.setdefault("n_rays", init_rays)  # the adaptive ray count is part of the resumable state
     counters = {"rays": 0, "samples": 0}
 
-    def occ_eval_fn(x):
-        return model.field.density(model.to_unit(x)) * step_size
+    occ_eval_fn = occupancy_eval_fn(model, step_size)
 
     curve = state.extra.setdefault("curve", [])
     stop = {"now": False}

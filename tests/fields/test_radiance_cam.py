@@ -74,3 +74,34 @@ def test_cam_config_is_checked():
     with pytest.raises(ConfigError, match="one hidden layer"):
         NGPRadianceField({**SMALL, "cam": NGP_CAM, "density_network": {"otype": "FullyFusedMLP", "n_hidden_layers": 2,
                                                                        "n_neurons": 64}}, backend="torch")
+
+
+def test_occupancy_of_a_cam_field_samples_one_direction_per_cell():
+    # the occupancy update sees a CAM field's density at one random direction per point: never above
+    # the bound over all directions, and different directions give different values once the grid
+    # has left the identity
+    from fieldstudio.apps.reconstruct import SceneModel, occupancy_eval_fn
+    from fieldstudio.renderers.occupancy import OccupancyGrid
+
+    cam, plain = _pair("sample")
+    with torch.no_grad():
+        for p in cam.cam.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    grid = OccupancyGrid(aabb, resolution=8)
+    x = torch.rand(300, 3, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for fld in (cam, plain):
+        model = SceneModel(fld, grid, aabb, render_step_size=0.01)
+        fn = occupancy_eval_fn(model, 0.01)
+        torch.manual_seed(3)
+        a = fn(x)
+        torch.manual_seed(4)
+        b = fn(x)
+        bound = fld.density(model.to_unit(x)) * 0.01
+        if fld is plain:
+            torch.testing.assert_close(a, bound)
+            torch.testing.assert_close(b, bound)
+        else:
+            assert (a <= bound * (1 + 1e-5) + 1e-7).all() and (b <= bound * (1 + 1e-5) + 1e-7).all()
+            assert not torch.allclose(a, b)
+            assert (a < bound * 0.999).float().mean() > 0.5
