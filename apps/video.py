@@ -113,7 +113,7 @@ def compress(video: str | None = None, *, out: str = "clip.fsv", size: str | Non
 def cam_config(frames: int) -> dict[str, Any]:
     """CAM's time grid for a clip: about one node per 4 frames, at most the paper's 30 (FFNeRV
     compression uses 30 nodes for 600-frame videos; a short clip needs fewer)."""
-    return {"resolution": [max(2, min(30, round(frames / 4)))], "lr_factor": 10.0}
+    return {"resolution": [max(2, min(30, round(frames / 4)))], "lr_factor": 1.0}
 
 
 def _check_settings(steps: int, bits: int, prune: float, capacity: float) -> None:

@@ -61,7 +61,7 @@ def _fit(field, head: int, frames: torch.Tensor, steps: int, lr: float, batch: i
     from tqdm.auto import tqdm
 
     n = frames.shape[0]
-    # params: tensors, or groups with an "lr_factor" (CAM's grids train at 10x the rate)
+    # params: tensors, or groups with an "lr_factor" (a multiple of the network's rate)
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(seed)
     tensors = [(getattr(layer, attr), frozen[name].to(frames.device)) for name, layer, attr in masked_tensors(field)]
