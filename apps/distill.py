@@ -23,7 +23,7 @@ import torch
 from fieldstudio import __version__, runs
 from fieldstudio.device import pick_device
 from fieldstudio.errors import ConfigError, InputError, TrainingError
-from fieldstudio.fields.radiance import NGP_ENCODING, NGPRadianceField, VanillaNeRF, ngp_per_level_scale
+from fieldstudio.fields.radiance import NGP_CAM, NGP_ENCODING, NGPRadianceField, VanillaNeRF, ngp_per_level_scale
 from fieldstudio.fields.radiance_grids import TensoRFField, VoxelField
 from fieldstudio.renderers.distill import (STAGE_NAMES, DistillSchedule, LossWeights, check_channels, distill,
                                            has_feature)
@@ -58,6 +58,13 @@ def _neurbf(teacher, backend, seed):
     return fld
 
 
+def _cam(teacher, backend, seed):
+    """The hash-grid student with CAM on its density MLP (`reconstruct --cam`): a 10 x 3 view-direction
+    grid; its density and feature depend on the direction, so every stage evaluates them with one."""
+    fld = _hashgrid(teacher, backend, seed)
+    return NGPRadianceField({**fld.cfg, "cam": NGP_CAM}, backend=backend)
+
+
 #: student type -> (builder(teacher SceneModel, backend, seed) -> field, learning rate)
 STUDENTS: dict[str, tuple[Callable[..., torch.nn.Module], float]] = {
     "mlp": (lambda t, b, s: VanillaNeRF({"log_density_clip": CLIP}, backend=b), 1e-3),  # PVD: x0.1 for MLPs
@@ -65,8 +72,7 @@ STUDENTS: dict[str, tuple[Callable[..., torch.nn.Module], float]] = {
     "tensorf": (lambda t, b, s: TensoRFField({"log_density_clip": CLIP}, backend=b), 1e-2),
     "voxels": (lambda t, b, s: VoxelField({"log_density_clip": CLIP}, backend=b), 1e-1),
     "neurbf": (_neurbf, 1e-2),
-    # CAM: once the CAM radiance field lands, one entry:
-    # "cam": (lambda t, b, s: CAMRadianceField({"log_density_clip": CLIP}, backend=b), 1e-2),
+    "cam": (_cam, 1e-2),
 }
 
 

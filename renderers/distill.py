@@ -179,7 +179,9 @@ def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_s
             op_t = accumulate_along_rays(wt, None, ri, n_rays)
             img_t = accumulate_along_rays(wt, ct["rgb"], ri, n_rays) + bg * (1 - op_t)
 
-        cs = student.channels(x, None if stage == 1 else vd)
+        # stage 1 aligns features only, which need no direction, except where the density MLP
+        # itself is modulated by it (CAM)
+        cs = student.channels(x, vd if stage > 1 or getattr(student, "view_dependent_density", False) else None)
         zero = sum(p.sum() for p in student.parameters()) * 0.0  # keeps a graph when no sample was drawn
         loss = zero
         fw = w.feature * (w.feature_decay ** max(0, eff - schedule.feature_steps) if stage > 1 else 1.0)

@@ -121,3 +121,13 @@ def test_studio_distill_job_and_its_input_checks(teacher, tmp_path):
             tab_distill.start_distill(studio, str(teacher), "octree", 10)
     finally:
         manager.shutdown()
+
+
+def test_cam_student_distills_with_directions_in_every_stage(teacher, tmp_path):
+    m = distill_run(teacher, "cam", out=tmp_path / "c", steps=12, n_rays=256, eval_views=1, progress=False)
+    assert m["stage_starts"] == {1: 0, 2: 1, 3: 2}
+    model, cfg = load_scene_run(tmp_path / "c", device="cpu")
+    assert cfg["field"]["cam"]["coordinates"] == "direction" and model.field.view_dependent_density
+    # the grid was trained through the stages: gamma (channel 0) left 1 and beta (channel 1) left 0
+    grid = model.field.cam.grid.detach()
+    assert (grid[:, 0] - 1).abs().max() > 1e-4 and grid[:, 1].abs().max() > 1e-4
