@@ -1,7 +1,7 @@
 """Distillation benchmark (PVD): a hash-grid teacher -> each other field type, against training from scratch.
 
     OMP_NUM_THREADS=1 python benchmarks/distill.py [--teacher /work/teachers/lego_hashgrid]
-        [--data ../shared/data/nerf_lego_blender] [--budget 330] [--students mlp,tensorf,voxels,neurbf]
+        [--data ../shared/data/nerf_lego_blender] [--budget 330] [--students mlp,tensorf,voxels,neurbf[,cam]]
         [--eval-views 3] [--curve-every 40] [--rays 2048]
 
 For every student type, with the same wall-clock budget each (single thread):
@@ -31,7 +31,7 @@ from _common import REPO_ROOT, ensure_fieldstudio, fmt_table, machine_info, writ
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nerf_lego_blender"
 #: student type -> reconstruct's (field, encoder)
 SCRATCH = {"mlp": ("nerf", "hashgrid"), "tensorf": ("tensorf", "hashgrid"), "voxels": ("voxels", "hashgrid"),
-           "neurbf": ("ngp", "neurbf"), "hashgrid": ("ngp", "hashgrid")}
+           "neurbf": ("ngp", "neurbf"), "hashgrid": ("ngp", "hashgrid"), "cam": ("ngp", "hashgrid")}  # cam: + --cam
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         r = reconstruct(args.data, field=field, encoder=encoder, steps=1_000_000, time_budget=args.budget,
                         out=work / f"{s}_scratch", eval_views=len(views), eval_every=args.curve_every,
                         eval_every_views=1, progress=False, device="cpu", checkpoint_every=1_000_000,
-                        warmup_steps=30 if encoder == "neurbf" else None)
+                        warmup_steps=30 if encoder == "neurbf" else None, cam=s == "cam")
         r_wall = time.perf_counter() - t0
         curve1 = [c for c in r["curve"] if c["views"] == 1]
         curve1.append({"step": r["steps"], "seconds": r["seconds"], "psnr": r["psnr_per_view"][0]})
