@@ -26,7 +26,7 @@ def _cmd_fit_image(args) -> int:
     metrics = fit_image(args.image, encoder=args.encoder, steps=args.steps, out=args.out, batch_size=args.batch_size,
                         lr=args.lr, crop=args.crop, device=args.device, seed=args.seed, resume=args.resume,
                         checkpoint_every=args.checkpoint_every, progress=not args.quiet, backend=args.backend,
-                        budget=args.budget, cam=args.cam)
+                        budget=args.budget, cam=args.cam, precision=args.precision)
     print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  {metrics['params']:,} params  "
           f"{metrics['steps']} steps in {metrics['seconds']:.1f} s  ->  {args.out}")
     return 0
@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--cam", action="store_true",
                      help="coordinate-aware modulation of every hidden layer (with --encoder ffn)")
     img.add_argument("--steps", type=int, default=1000, help="training steps (total, also with --resume)")
+    img.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="bf16: the network runs in bfloat16 autocast (the grid, the loss and Adam stay float32); "
+                          "about 1.2x faster on CPUs with bf16 units, same steps to 30 dB")
     img.add_argument("--out", default="runs/image", help="run folder to write")
     img.add_argument("--batch-size", type=int, default=None,
                      help="pixels per step (default 65536 on a GPU, 16384 on a CPU)")

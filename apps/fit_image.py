@@ -163,7 +163,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
               batch_size: int | None = None, lr: float | None = None, crop: int | None = None, device: str = "auto",
               seed: int = 0, resume: bool = False, checkpoint_every: int = 250, progress: bool = True,
               backend: str = "auto", budget: int | None = None, callback=None, eval_every: int = 0,
-              stop_at_psnr: float | None = None, cam: bool = False) -> dict[str, Any]:
+              stop_at_psnr: float | None = None, cam: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """Fit ``image`` (a path, a bundled photo name, or None for the default photo) and write a run.
 
     ``budget`` resizes the field to at most that many parameters (`fit_to_budget`).
@@ -178,6 +178,12 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
     ``metrics["curve"]`` against steps and training seconds (the rendering is not counted as
     training time); with ``stop_at_psnr`` as well, training ends at the first such point at or
     above that PSNR.
+
+    ``precision="bf16"`` runs the field's forward in bfloat16 autocast: the matrix products of the
+    network take half the memory traffic, while the grid lookup (its own kernel), the loss, the
+    gradients' accumulation and Adam stay float32. Safe here because the network's output is a
+    colour compared to 8-bit pixels; SDF and radiance-field training stay float32 (second
+    derivatives, exponentiated densities).
     """
     out = Path(out)
     dev = pick_device(device)
@@ -189,7 +195,10 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
         target, data = _load_target(image, data.get("crop"))
         field_cfg = old["field"]
         lr, batch_size, seed, encoder = train_cfg["lr"], train_cfg["batch_size"], train_cfg["seed"], train_cfg["encoder"]
+        precision = train_cfg.get("precision", "fp32")
     else:
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown precision '{precision}'", "use fp32 or bf16")
         if steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {steps}", "e.g. --steps 1000")
         target, data = _load_target(image, crop)
@@ -212,7 +221,7 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
     config = {
         "format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "image",
         "field": fld.config, "data": data,
-        "train": {"encoder": encoder, "cam": bool(cam or field_cfg.get("modulation")), "lr": lr, "batch_size": batch_size, "seed": seed, "steps": steps, "budget": budget,
+        "train": {"encoder": encoder, "cam": bool(cam or field_cfg.get("modulation")), "lr": lr, "batch_size": batch_size, "seed": seed, "steps": steps, "budget": budget, "precision": precision,
                   "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15}},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -257,8 +266,9 @@ def fit_image(image: str | None = None, *, encoder: str = "hashgrid", steps: int
             py = torch.div(idx, w, rounding_mode="floor").float()
             uv = torch.stack(((px + 0.5) / w, (py + 0.5) / h), dim=1)
             tgt = pixels[idx]
-        pred = fld(uv)
-        mse = torch.mean((pred - tgt) ** 2)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            pred = fld(uv)
+        mse = torch.mean((pred.float() - tgt) ** 2)
         return mse, -10.0 * torch.log10(mse.detach().clamp_min(1e-12))
 
     log_lines: list[str] = []
