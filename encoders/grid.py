@@ -171,7 +171,7 @@ class _GridBase(Encoding):
             return
         self._table_on_huge_pages = True
         kernels = cpu_kernels()
-        if kernels is not None and hasattr(kernels, "huge_copy"):
+        if kernels is not None:
             with torch.no_grad():
                 self.params.data = kernels.huge_copy(self.params.data)
 

@@ -181,10 +181,7 @@ inline int64_t corner_of(const int32_t* i0, int c, const LevelInfo& lv) {
 // backward transposes the upstream gradient the same way first. Inside a pass, the corners of
 // the point kAhead positions ahead are computed and their rows prefetched while the current
 // point is gathered, so that a few dozen random reads are in flight at once.
-#ifndef FS_AHEAD
-#define FS_AHEAD 16
-#endif
-constexpr int kAhead = FS_AHEAD;  // a power of two
+constexpr int kAhead = 16;  // a power of two (8 and 32 measured the same)
 
 template <int D, typename scalar_t>
 struct CornerSet {
