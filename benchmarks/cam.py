@@ -66,6 +66,17 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
+def _comparison(name: str, machine: dict, protocol: str, labels: tuple[str, str], rows: list[dict]) -> dict:
+    """The JSON of a without / with CAM pair of fits (rows[0] without, rows[1] with)."""
+    import torch
+
+    return {"benchmark": name, "machine": machine, "load_average_end": list(os.getloadavg()),
+            "torch_threads": torch.get_num_threads(), "protocol": protocol,
+            "params": {labels[0]: rows[0]["params"], labels[1]: rows[1]["params"],
+                       "ratio": round(rows[1]["params"] / rows[0]["params"], 6)},
+            "gain_db": round(rows[1]["psnr"] - rows[0]["psnr"], 3), "fits": rows}
+
+
 # --- images ---------------------------------------------------------------------------------------
 
 def _load_photo(path: Path, downscale: int, crop: int):
@@ -184,8 +195,6 @@ def run_video(args) -> int:
     if not video.exists():
         print(f"{video} not found: the video part needs shared/data/video_carphone; nothing to do")
         return 0
-    import torch
-
     from fieldstudio.apps.video import compress
 
     frames = 4 if args.quick else args.frames
@@ -205,17 +214,12 @@ def run_video(args) -> int:
                      "per_frame_psnr": [round(v, 3) for v in r["per_frame"]["psnr"]]})
         print(f"{'NeRV+CAM' if cam else 'NeRV    '} PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}  "
               f"{r['bpp']:.4f} bpp ({r['bytes']} B)  {r['params']:,} params  {r['train_seconds']:.0f} s", flush=True)
-    out = {
-        "benchmark": "cam video", "machine": machine, "load_average_end": list(os.getloadavg()),
-        "torch_threads": torch.get_num_threads(),
-        "protocol": (f"reduced: `video compress` on the first {frames} frames of carphone (176x144), target {bpp} bpp, "
-                     f"{steps} steps (80% training, 20% fine-tuning after 20% magnitude pruning), 8-bit weights, "
-                     "batch 2, lr 1e-2 (CAM grids 1e-1), with and without --cam; the CAM time grids are counted in the "
-                     "parameter budget and stored in the file (paper: FFNeRV on UVG 1080p)"),
-        "params": {"nerv": rows[0]["params"], "nerv_cam": rows[1]["params"],
-                   "ratio": round(rows[1]["params"] / rows[0]["params"], 5)},
-        "gain_db": round(rows[1]["psnr"] - rows[0]["psnr"], 3), "fits": rows,
-    }
+    protocol = (f"reduced: `video compress` on the first {frames} frames of carphone (176x144), target {bpp} bpp, "
+                f"{steps} steps (80% training, 20% fine-tuning after 20% magnitude pruning), 8-bit weights, "
+                "batch 2, lr 1e-2 (CAM grids at the same rate, as the released FFNeRV+CAM code), with and without "
+                "--cam; the CAM time grids are counted in the parameter budget and stored in the file (paper: FFNeRV "
+                "on UVG 1080p)")
+    out = _comparison("cam video", machine, protocol, ("nerv", "nerv_cam"), rows)
     _write(args.out or RESULTS / ("cam_video_quick.json" if args.quick else "cam_video.json"), out)
     return 0
 
@@ -228,8 +232,6 @@ def run_lego(args) -> int:
         print(f"{data} not found: the lego part needs shared/data/nerf_lego_blender; nothing to do")
         return 0
     import shutil
-
-    import torch
 
     from fieldstudio.apps.reconstruct import reconstruct
 
@@ -250,17 +252,11 @@ def run_lego(args) -> int:
                      "wall_seconds": round(time.perf_counter() - t0, 1)})
         print(f"{'NGP+CAM' if cam else 'NGP    '} test PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  "
               f"{m['params']:,} params  {m['seconds']:.0f} s  occupied {m['occupied_fraction']:.3f}", flush=True)
-    out = {
-        "benchmark": "cam lego", "machine": machine, "load_average_end": list(os.getloadavg()),
-        "torch_threads": torch.get_num_threads(),
-        "protocol": (f"reduced: `reconstruct` (Instant-NGP field, CPU defaults: T=2^17, N_max=512, 2^15 samples/step, "
-                     f"64^3 occupancy grid) on lego 200x200, {steps} steps each, with and without --cam (10x3 view-"
-                     f"direction grid on the density MLP's hidden layer, per-sample normalisation); PSNR over the "
-                     f"first {views} test views on white (paper: Mip-NeRF + CAM, all views, 1M steps scale)"),
-        "params": {"ngp": rows[0]["params"], "ngp_cam": rows[1]["params"],
-                   "ratio": round(rows[1]["params"] / rows[0]["params"], 6)},
-        "gain_db": round(rows[1]["psnr"] - rows[0]["psnr"], 3), "fits": rows,
-    }
+    protocol = (f"reduced: `reconstruct` (Instant-NGP field, CPU defaults: T=2^17, N_max=512, 2^15 samples/step, "
+                 f"64^3 occupancy grid) on lego 200x200, {steps} steps each, with and without --cam (10x3 view-"
+                 f"direction grid on the density MLP's hidden layer, per-sample normalisation); PSNR over the "
+                 f"first {views} test views on white (paper: Mip-NeRF + CAM, all views, 1M steps scale)")
+    out = _comparison("cam lego", machine, protocol, ("ngp", "ngp_cam"), rows)
     _write(args.out or RESULTS / ("cam_lego_quick.json" if args.quick else "cam_lego.json"), out)
     return 0
 
