@@ -6,9 +6,10 @@
 // otherwise. The PyTorch twin in encoders/grid.py is the oracle the tests hold this against.
 //
 // Why it is fast: the PyTorch path materialises [N, 2^d] index and weight tensors per level and
-// scatters gradients with index_add_; here each point's corners live in registers. The forward
-// splits points across threads; the backward splits *levels* across threads, so every thread
-// accumulates into its own disjoint slice of the table and no atomics are needed.
+// scatters gradients with index_add_; here each point's corners live in registers, and each pass
+// runs one level over all points (see kAhead below). Both directions split *levels* across threads
+// (the forward also splits a level's points when threads outnumber levels), so in the backward every
+// thread accumulates into its own disjoint slice of the table and no atomics are needed.
 //
 // Input gradients (SDF normals, eikonal losses) come from the same corner loop: dL/dx and the
 // backward of dL/dx itself (to the table, the upstream gradient and x), so the second-order pass
