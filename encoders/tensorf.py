@@ -10,6 +10,11 @@ Config: ``n_components`` (rank per mode, 16), ``resolution`` (plane and line sam
 128), ``init_std`` (0.1, TensoRF's ``init_scale``). Inputs in [0, 1]^3; bilinear / linear
 interpolation with the end samples on the box faces (``align_corners=True``).
 TensoRF grows the resolution during training; a fixed resolution is used here.
+
+On the CPU (float32/64, inputs without gradients) the product runs in the fused kernel of
+``kernels/csrc/dense.cpp``; the ``grid_sample`` code below is its twin, the test oracle and the
+fallback. grid_sample stores a plane's channels r^2 apart, so every bilinear corner costs one
+cache line per channel; the kernel reads channel-last copies where a corner is one row.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fieldstudio.config import Field, at_least, positive
+from fieldstudio.kernels import dense_kernel_applies, dense_kernels
 
 from .base import Encoding
 from .registry import register
@@ -56,6 +62,15 @@ class TensorfVM(Encoding):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         lead = x.shape[:-1]
+        pts = x.reshape(-1, 3).to(self.planes.dtype)
+        if dense_kernel_applies(pts, self.planes):
+            out = _VMProduct.apply(pts.contiguous(), self.planes, self.lines)
+            return out.reshape(*lead, self.n_output_dims).to(x.dtype)
+        return self.forward_torch(x)
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid_sample twin of the fused kernel (any device, input gradients included)."""
+        lead = x.shape[:-1]
         u = x.reshape(-1, 3).to(self.planes.dtype) * 2.0 - 1.0
         # grid_sample reads (column, row): a plane over axes (a, b) is indexed [b, a]
         plane_xy = torch.stack([u[:, [a, b]] for a, b, _ in _MODES])  # [3, n, 2]
@@ -64,3 +79,25 @@ class TensorfVM(Encoding):
         ln = F.grid_sample(self.lines, line_z[:, :, None], mode="bilinear", align_corners=True)
         out = (p * ln)[..., 0].permute(2, 0, 1)  # [n, 3, c]
         return out.reshape(*lead, self.n_output_dims).to(x.dtype)
+
+
+class _VMProduct(torch.autograd.Function):
+    """Fused VM features ``[n, 3 * c]`` from points ``[n, 3]``; gradients to planes and lines."""
+
+    @staticmethod
+    def forward(ctx, pts, planes, lines):
+        k = dense_kernels()
+        # parameters keep the channel-first layout of the twin (and of saved checkpoints)
+        planes_cl = planes.detach().permute(0, 2, 3, 1).contiguous()  # [3, r, r, c]
+        lines_cl = lines.detach()[..., 0].transpose(1, 2).contiguous()  # [3, r, c]
+        ctx.save_for_backward(pts, planes_cl, lines_cl)
+        return k.vm_forward(pts, planes_cl, lines_cl).reshape(pts.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pts, planes_cl, lines_cl = ctx.saved_tensors
+        need_p, need_l = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        gp, gl = dense_kernels().vm_backward(grad.contiguous(), pts, planes_cl, lines_cl, need_p, need_l)
+        gp = gp.permute(0, 3, 1, 2).contiguous() if need_p else None
+        gl = gl.transpose(1, 2)[..., None].contiguous() if need_l else None
+        return None, gp, gl

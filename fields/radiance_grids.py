@@ -25,6 +25,7 @@ from torch import nn
 from fieldstudio.config import Field, at_least, parse_fields, positive
 from fieldstudio.encoders import build_encoding
 from fieldstudio.errors import ConfigError
+from fieldstudio.kernels import dense_kernel_applies, dense_kernels
 
 from .radiance import (N_FEATURES, NGP_DIRECTION_ENCODING, NGP_RGB_NETWORK, _check_clip, _direction_input,
                        _RadianceField, trunc_exp)
@@ -93,18 +94,36 @@ class VoxelField(nn.Module):
         r, k = self.cfg["resolution"], self.cfg["sh_degree"] ** 2
         self.direction_encoding = build_encoding({"otype": "SphericalHarmonics", "degree": self.cfg["sh_degree"]}, 3,
                                                  backend="torch")
-        self.grid = nn.Parameter(torch.randn(1, 1 + 3 * k, r, r, r) * self.cfg["init_std"])
+        # channel-last [z, y, x, C]: one vertex's values are one row, which is what the CPU kernel
+        # reads (grid_sample's channel-first layout costs a cache line per channel and corner)
+        self.grid = nn.Parameter(torch.randn(r, r, r, 1 + 3 * k) * self.cfg["init_std"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the layout change hold the grid as [1, C, z, y, x]
+        key = prefix + "grid"
+        old = state_dict.get(key)
+        if old is not None and old.dim() == 5 and old.shape[0] == 1:
+            state_dict[key] = old[0].permute(1, 2, 3, 0).contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def config(self) -> dict[str, Any]:
         return {"otype": "VoxelField", **copy.deepcopy(self.cfg)}
 
     def _sample(self, x: torch.Tensor) -> torch.Tensor:
+        pts = x.reshape(-1, 3).to(self.grid.dtype)
+        if dense_kernel_applies(pts, self.grid):
+            return _VoxelLookup.apply(pts.contiguous(), self.grid).reshape(*x.shape[:-1], self.grid.shape[-1])
+        return self.sample_torch(x)
+
+    def sample_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid_sample twin of the fused kernel (any device, input gradients included)."""
         lead = x.shape[:-1]
+        c = self.grid.shape[-1]
         # grid_sample's 3D grid is (W, H, D) = (x, y, z) against a volume stored [z, y, x]
         g = (x.reshape(1, -1, 1, 1, 3).to(self.grid.dtype) * 2.0 - 1.0)
-        v = F.grid_sample(self.grid, g, mode="bilinear", align_corners=True)  # [1, C, n, 1, 1]
-        return v.reshape(self.grid.shape[1], -1).t().reshape(*lead, self.grid.shape[1])
+        v = F.grid_sample(self.grid.permute(3, 0, 1, 2)[None], g, mode="bilinear", align_corners=True)  # [1, C, n, 1, 1]
+        return v.reshape(c, -1).t().reshape(*lead, c)
 
     def _log_density(self, v: torch.Tensor) -> torch.Tensor:
         clip = self.cfg["log_density_clip"]
@@ -130,3 +149,20 @@ class VoxelField(nn.Module):
         if d is not None:
             out["rgb"] = self._rgb(v, d)
         return out
+
+
+class _VoxelLookup(torch.autograd.Function):
+    """Fused trilinear lookup ``[n, C]`` of a channel-last grid; gradient to the grid only."""
+
+    @staticmethod
+    def forward(ctx, pts, grid):
+        grid = grid.detach()
+        ctx.save_for_backward(pts, grid)
+        return dense_kernels().voxel_forward(pts, grid)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pts, grid = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        return None, dense_kernels().voxel_backward(grad.contiguous(), pts, grid)

@@ -1,8 +1,9 @@
 """Fused CPU kernels, compiled on first use, with the PyTorch code as their twin and fallback.
 
-Two extension modules, each built from its own sources: `cpu_kernels()` (the grid encoding,
-``csrc/grid.cpp``) and `render_kernels()` (ray marching and packed compositing,
-``csrc/render.cpp``). Each returns the compiled module, or None when it cannot be used (no C++
+Three extension modules, each built from its own sources: `cpu_kernels()` (the grid encoding
+and NeuRBF, ``csrc/grid.cpp``, ``csrc/rbf.cpp``), `render_kernels()` (ray marching and packed
+compositing, ``csrc/render.cpp``) and `dense_kernels()` (TensoRF's VM product and the dense voxel
+grid, ``csrc/dense.cpp``). Each returns the compiled module, or None when it cannot be used (no C++
 compiler, a failed build, or ``FIELDSTUDIO_KERNELS=torch`` in the environment, which disables
 all of them). The first call in a fresh environment compiles the sources with torch's
 ``cpp_extension`` (about a minute; cached by torch under ``~/.cache/torch_extensions``). The
@@ -88,6 +89,22 @@ def render_kernels():
     return _load("render", "fieldstudio_cpu_render", ("render.cpp",), ("-ffp-contract=off",))
 
 
+def dense_kernels():
+    """The compiled dense-grid kernels (TensoRF VM, voxel grid), or None (see `dense_kernel_status`)."""
+    return _load("dense", "fieldstudio_cpu_dense", ("dense.cpp",))
+
+
+def dense_kernel_applies(points, table) -> bool:
+    """Whether the dense-grid kernels can look ``points`` up in ``table``: CPU, float32/64, and no
+    gradient wanted for the points (the kernels have none; fitting radiance needs none, an SDF's
+    normals would)."""
+    import torch
+
+    return (points.device.type == "cpu" and table.device.type == "cpu"
+            and table.dtype in (torch.float32, torch.float64) and not points.requires_grad
+            and dense_kernels() is not None)
+
+
 def _status(key: str, module) -> tuple[bool, str]:
     if module is not None:
         return True, "fused C++ kernels (compiled, cached by torch.utils.cpp_extension)"
@@ -102,6 +119,11 @@ def kernel_status() -> tuple[bool, str]:
 def render_kernel_status() -> tuple[bool, str]:
     """``(active, explanation)`` of the rendering kernels; compiles them if needed."""
     return _status("render", render_kernels())
+
+
+def dense_kernel_status() -> tuple[bool, str]:
+    """``(active, explanation)`` of the dense-grid kernels; compiles them if needed."""
+    return _status("dense", dense_kernels())
 
 
 def reset_for_tests() -> None:
