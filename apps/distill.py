@@ -121,8 +121,10 @@ def _open_dataset(cfg: dict[str, Any], data: str | None, device):
     return load_scene(src, format=s.get("format", "auto") if not data else "auto", downscale=s.get("downscale", 1)).to(device)
 
 
-def _finetune(model, dataset, steps: int, lr: float, seed: int, n_rays: int = 1024, progress: bool = False) -> float:
-    """A few steps on the real training images (PVD's optional last stage); returns the seconds spent."""
+def _finetune(model, dataset, steps: int, lr: float, seed: int, n_rays: int = 1024, progress: bool = False,
+              time_budget: float | None = None) -> tuple[int, float]:
+    """Steps on the real training images (PVD's optional last stage), ending after ``steps`` or
+    ``time_budget`` seconds, whichever comes first; returns (steps taken, seconds spent)."""
     from tqdm.auto import tqdm
 
     from fieldstudio.renderers.rays import dataset_rays
@@ -133,7 +135,10 @@ def _finetune(model, dataset, steps: int, lr: float, seed: int, n_rays: int = 10
     dev = dataset.device
     gen = torch.Generator().manual_seed(seed)
     model.train()
+    done = 0
     for _ in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
+        if time_budget is not None and time.perf_counter() - t0 >= time_budget:
+            break
         pick = torch.randint(0, len(train_idx), (n_rays,), generator=gen).to(dev)
         img = train_idx[pick]
         px = torch.randint(0, dataset.width, (n_rays,), generator=gen).to(dev)
@@ -144,19 +149,22 @@ def _finetune(model, dataset, steps: int, lr: float, seed: int, n_rays: int = 10
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return time.perf_counter() - t0
+        done += 1
+    return done, time.perf_counter() - t0
 
 
 def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2000, n_rays: int = 1024,
                 lr: float | None = None, seed: int = 0, device: str = "auto", backend: str = "auto",
                 feature_steps: int | None = None, point_steps: int | None = None, time_budget: float | None = None,
                 data: str | None = None, eval_views: int | None = None, finetune_steps: int = 0,
-                resume: bool = False, checkpoint_every: int = 500, progress: bool = True,
+                finetune_time: float | None = None, resume: bool = False, checkpoint_every: int = 500, progress: bool = True,
                 callback=None, student: torch.nn.Module | None = None) -> dict[str, Any]:
     """Distil the scene run ``teacher`` into a ``to`` field written as the scene run ``out``.
 
     ``student`` (a field module with the channel contract) overrides the builder of ``to``, which
-    then only names the run. Returns the metrics written to metrics.json.
+    then only names the run. ``finetune_steps`` / ``finetune_time`` (seconds): a last stage on the
+    real training images, ending at whichever limit is given first (a time alone means as many steps
+    as fit). Returns the metrics written to metrics.json.
     """
     from .reconstruct import SceneModel, build_scene_model, evaluate_views
 
@@ -194,6 +202,9 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
         raise ConfigError(f"the '{to}' student has no config, so its run could not be reopened",
                           "give the field a `config` property and register it in fieldstudio.fields.registry")
     dataset = _open_dataset(tcfg, data, dev)
+    if (finetune_steps or finetune_time) and dataset is None:
+        raise InputError("fine-tuning needs the teacher's training images, which were not found",
+                         "pass --data with the teacher's scene folder, or drop --finetune-steps / --finetune-time")
     cams = virtual_cameras_for(tcfg, aabb, dataset)
     sched = DistillSchedule(feature_steps if feature_steps is not None else DistillSchedule.for_steps(steps).feature_steps,
                             point_steps if point_steps is not None else DistillSchedule.for_steps(steps).point_steps)
@@ -209,7 +220,8 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                     "schedule": {"feature_steps": sched.feature_steps, "point_steps": sched.point_steps,
                                  "feature_stage": has_feature(tmodel.field) and has_feature(model.field)},
                     "loss_weights": weights.__dict__, "log_density_clip": CLIP, "time_budget": time_budget,
-                    "virtual_cameras": cams.config(), "finetune_steps": finetune_steps},
+                    "virtual_cameras": cams.config(), "finetune_steps": finetune_steps,
+                    "finetune_time": finetune_time},
         "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15},
         "schedule": "cosine decay to 3 % of lr",
     }
@@ -256,8 +268,10 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                                "seconds": round(res.seconds, 2), "stage_starts": res.stage_starts,
                                "params": sum(p.numel() for p in model.field.parameters()),
                                "psnr_vs_teacher_last": history[-1]["psnr"] if history else None, "device": str(dev)}
-    if finetune_steps and dataset is not None:
-        metrics["finetune_seconds"] = round(_finetune(model, dataset, finetune_steps, lr * 0.1, seed, n_rays, progress), 2)
+    if finetune_steps or finetune_time:
+        ft_steps = finetune_steps or 1_000_000_000  # a time alone: as many steps as fit
+        done, secs = _finetune(model, dataset, ft_steps, lr * 0.1, seed, n_rays, progress, time_budget=finetune_time)
+        metrics.update(finetune_steps=done, finetune_seconds=round(secs, 2))
         runs.save_weights(out / runs.WEIGHTS, model)
     if dataset is not None:
         model.eval()
@@ -275,7 +289,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
 def _cmd_distill(args) -> int:
     m = distill_run(args.teacher, args.to, out=args.out, steps=args.steps, n_rays=args.rays, lr=args.lr,
                     seed=args.seed, device=args.device, data=args.data, eval_views=args.eval_views,
-                    finetune_steps=args.finetune_steps, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                    finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, resume=args.resume, checkpoint_every=args.checkpoint_every,
                     progress=not args.quiet, time_budget=args.time_budget)
     score = f"test PSNR {m['psnr']:.2f} dB over {m['test_views']} views  " if "psnr" in m else ""
     print(f"{score}student vs teacher {m['psnr_vs_teacher_last']} dB  {m['steps']} steps in {m['seconds']:.1f} s  "
@@ -298,6 +312,8 @@ def add_parser(sub) -> None:
                                                 "(default: the path its run records, when present)")
     p.add_argument("--eval-views", type=int, default=None, help="score only the first N test views")
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune on the real training images afterwards")
+    p.add_argument("--finetune-time", type=float, default=None,
+                   help="seconds of that fine-tuning (alone: as many steps as fit; with --finetune-steps: whichever ends first)")
     from .cli import _add_training_flags
 
     _add_training_flags(p, checkpoint_every=500)

@@ -72,6 +72,28 @@ def test_resume_continues_to_the_total_steps(teacher, tmp_path):
     assert json.loads((out / runs.CONFIG).read_text())["step"] == 6
 
 
+def test_finetune_time_alone_runs_as_many_steps_as_fit(teacher, tmp_path):
+    m = distill_run(teacher, "voxels", out=tmp_path / "f", steps=3, n_rays=128, eval_views=1, progress=False,
+                    finetune_time=0.5)
+    assert m["finetune_steps"] >= 2 and 0.5 <= m["finetune_seconds"] < 5.0
+    cfg = json.loads((tmp_path / "f" / runs.CONFIG).read_text())
+    assert cfg["train"]["distill"]["finetune_time"] == 0.5
+
+
+def test_finetune_without_the_teachers_images_fails_before_training(teacher, tmp_path):
+    moved = tmp_path / "t"
+    moved.mkdir()
+    for f in teacher.iterdir():
+        if f.is_file():
+            (moved / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((moved / runs.CONFIG).read_text())
+    cfg["scene"]["data"] = str(tmp_path / "gone")  # the scene folder the teacher was trained on is missing
+    (moved / runs.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="fine-tuning needs the teacher's training images"):
+        distill_run(moved, "voxels", out=tmp_path / "o", steps=3, progress=False, finetune_steps=5)
+    assert not (tmp_path / "o" / runs.STATE).exists()
+
+
 def test_errors_are_one_line_with_the_supported_choices(teacher, tmp_path, capsys):
     assert main(["distill", str(tmp_path / "nope"), "--to", "mlp", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
@@ -113,7 +135,8 @@ def test_studio_distill_job_and_its_input_checks(teacher, tmp_path):
         assert job.status == DONE, job.error
         assert "weights.safetensors" in job.outputs and job.phase.startswith("finished")
         assert [r["stage"] for r in job.history][-1] == 3
-        assert "finetune_seconds" in json.loads((tmp_path / "s" / runs.METRICS).read_text())  # real-image last stage
+        m = json.loads((tmp_path / "s" / runs.METRICS).read_text())
+        assert m["finetune_steps"] == 2 and m["finetune_seconds"] > 0  # real-image last stage
         studio = common.Studio(manager=manager, workdir=tmp_path / "w")
         with pytest.raises(InputError, match="teacher run not found"):
             tab_distill.start_distill(studio, str(tmp_path / "missing"), "mlp", 10)
