@@ -25,6 +25,7 @@ def collect_info() -> dict[str, Any]:
         "grid_path": _grid_path(),
         "rbf_path": _rbf_path(),
         "render_path": _render_path(),
+        "dense_path": _dense_path(),
         "backends": optional_backends(),
     }
 
@@ -56,6 +57,13 @@ def _rbf_path() -> str:
     return f"{cpu}; CUDA: PyTorch"
 
 
+def _dense_path() -> str:
+    from fieldstudio.kernels import dense_kernel_status
+
+    _, why = dense_kernel_status()  # compiles the kernels on the first call in an environment
+    return f"CPU: {why}, PyTorch where points need gradients; CUDA: PyTorch"
+
+
 def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"fieldstudio {info['fieldstudio']}  (python {info['python']}, torch {info['torch']})",
@@ -63,6 +71,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"grid path   {info['grid_path']}",
         f"NeuRBF path {info['rbf_path']}",
         f"render path {info['render_path']}",
+        f"dense path  {info['dense_path']}  (TensoRF, voxel grids)",
         "optional backends:",
     ]
     for name, b in info["backends"].items():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fieldstudio.kernels as kernels
+from fieldstudio.apps.info import collect_info, format_info
 from fieldstudio.encoders import build_encoding
 from fieldstudio.fields.radiance_grids import VoxelField, _VoxelLookup
 
@@ -142,6 +143,10 @@ def test_voxel_checkpoint_with_the_old_layout_loads():
     torch.testing.assert_close(fresh.channels(x)["log_density"], expected)
 
 
+def test_info_reports_the_dense_path():
+    assert "dense path  CPU: fused C++ kernels" in format_info(collect_info())
+
+
 def test_disabled_kernels_leave_the_twins(monkeypatch):
     monkeypatch.setenv("FIELDSTUDIO_KERNELS", "torch")
     kernels.reset_for_tests()
@@ -150,5 +155,6 @@ def test_disabled_kernels_leave_the_twins(monkeypatch):
         x = torch.rand(10, 3)
         assert not kernels.dense_kernel_applies(x, enc.planes)
         torch.testing.assert_close(enc(x), enc.forward_torch(x))
+        assert "dense path  CPU: PyTorch twins" in format_info(collect_info())
     finally:
         kernels.reset_for_tests()
