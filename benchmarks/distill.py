@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/distill.py [--teacher /work/teachers/lego_hashgrid]
         [--data ../shared/data/nerf_lego_blender] [--budget 330] [--students mlp,tensorf,voxels,neurbf[,cam]]
-        [--eval-views 3] [--curve-every 40] [--rays 2048]
+        [--eval-views 3] [--curve-every 40] [--rays 2048] [--reach-budget 990] [--reach-only]
+        [--finetune-share 0.15 [--finetune-students tensorf,voxels] [--finetune-only]]
 
 For every student type, with the same wall-clock budget each (single thread):
 * **distilled**: `fieldstudio distill TEACHER --to TYPE --time-budget B` (virtual cameras only);
@@ -13,6 +14,13 @@ All are scored on the first ``--eval-views`` test views (white background), as i
 (with PVD's log-density clamp [-2, 7], as the students see it, and without). "Scratch time to the
 distilled PSNR" is read off the scratch curve on the first test view against the distilled
 student's PSNR on that same view (None: not reached within the budget).
+
+``--reach-budget S``: for students whose scratch run fell short, one more scratch run with an
+``S``-second schedule that stops on reaching the distilled PSNR (first test view), giving the time
+scratch training needs. ``--finetune-share F``: one more run per ``--finetune-students`` that
+distils for ``(1 - F) * B`` seconds and fine-tunes on the real training images for ``F * B`` (PVD's
+optional last stage), so the total matches the others. ``--reach-only`` / ``--finetune-only`` add
+just those runs to an existing ``--out`` JSON.
 
 Writes ``benchmarks/results/distill.json`` after every student (partial results survive).
 """
@@ -58,19 +66,92 @@ def plot(payload: dict, path: Path) -> Path:
     t_view0 = payload["teacher"]["clamped"]["psnr_per_view"][0]
     for ax, (name, v) in zip(axes[0], studs.items()):
         c = v["scratch"]["curve_first_view"]
-        ax.plot([p["seconds"] for p in c], [p["psnr"] for p in c], "o-", label="from scratch (real images)")
+        ax.plot([p["seconds"] for p in c], [p["psnr"] for p in c], "o-", ms=3, label="from scratch (real images)")
+        reach = v.get("scratch_reach")
+        if reach:
+            c = reach["curve_first_view"]
+            ax.plot([p["seconds"] for p in c], [p["psnr"] for p in c], "--", color="C0", alpha=0.6,
+                    label=f"from scratch, {reach['budget_seconds']:.0f} s schedule")
         ax.plot([v["distilled"]["seconds"]], [v["distilled"]["psnr_per_view"][0]], "*", ms=14,
                 label="distilled (virtual cameras)")
+        ft = v.get("distilled_finetuned")
+        if ft:
+            ax.plot([ft["seconds"] + ft["finetune_seconds"]], [ft["psnr_per_view"][0]], "P", ms=9, color="C3",
+                    alpha=0.8, label="distilled, last 15 % fine-tuned on real images"
+                    if abs(ft.get("share", 0.15) - 0.15) < 1e-9 else f"distilled + {ft['finetune_seconds']:.0f} s fine-tune")
         ax.axhline(t_view0, color="grey", ls="--", lw=1, label="hash-grid teacher")
         ax.set_title(name)
-        ax.set_xlabel("training seconds (1 thread, shared CPU)")
+        ax.set_xlabel("training seconds (CPU)")
         ax.set_ylabel("PSNR, first test view (dB)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    labels = {}  # one legend for the figure, every kind of mark once
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(lab, h)
+    fig.legend(list(labels.values()), list(labels.keys()), loc="lower center", ncol=len(labels), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def reach_runs(payload: dict, args) -> None:
+    """For students whose same-time scratch run fell short: a longer scratch run that stops at the
+    distilled PSNR (first test view), giving the time scratch training needs to get there."""
+    from fieldstudio.apps.reconstruct import reconstruct
+
+    work = Path(args.workdir)
+    for s, v in payload["students"].items():
+        if v.get("scratch_seconds_to_distilled_psnr_first_view") is not None:
+            continue
+        field, encoder = SCRATCH[s]
+        target = v["distilled"]["psnr_per_view"][0]
+        out = work / f"{s}_scratch_reach"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        r = reconstruct(args.data, field=field, encoder=encoder, steps=1_000_000, time_budget=args.reach_budget,
+                        out=out, eval_views=1, eval_every=args.curve_every, eval_every_views=1, progress=False,
+                        device="cpu", checkpoint_every=1_000_000, stop_at_psnr=target,
+                        warmup_steps=30 if encoder == "neurbf" else None, cam=s == "cam")
+        curve = [c for c in r["curve"] if c["views"] == 1]
+        reach = time_to(curve, target)
+        v["scratch_reach"] = {"budget_seconds": args.reach_budget, "target_first_view": target,
+                              "seconds_to_target": reach, "steps": r["steps"], "seconds": r["seconds"],
+                              "final_psnr_first_view": r["psnr_per_view"][0], "curve_first_view": curve,
+                              "wall_seconds": round(time.perf_counter() - t0, 1), "load_average_at_end": list(os.getloadavg()),
+                              "ratio_to_distill_seconds": round(reach / v["distilled"]["seconds"], 2) if reach else None}
+        print(f"{s}: scratch over {args.reach_budget:.0f} s reaches {target:.2f} dB (view 0) at {reach} s "
+              f"(final {r['psnr_per_view'][0]:.2f} dB after {r['seconds']:.0f} s)", flush=True)
+        write_json(args.out, payload, "cpu", machine=payload.get("machine", getattr(args, "machine", None)))
+
+
+def finetune_runs(payload: dict, args) -> None:
+    """Distil for (1 - share) of the budget, then fine-tune on the real images for the rest."""
+    from fieldstudio.apps.distill import distill_run
+
+    work = Path(args.workdir)
+    budget = payload["budget_seconds"]
+    for s in args.finetune_students.split(","):
+        if s not in payload["students"]:
+            continue
+        out = work / f"{s}_distilled_finetuned"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        d = distill_run(args.teacher, s, out=out, steps=1_000_000, n_rays=args.rays,
+                        time_budget=budget * (1 - args.finetune_share), finetune_time=budget * args.finetune_share,
+                        data=args.data, eval_views=args.eval_views, progress=False, checkpoint_every=1_000_000,
+                        device="cpu")
+        v = payload["students"][s]
+        v["distilled_finetuned"] = {k: d[k] for k in ("psnr", "ssim", "psnr_per_view", "steps", "seconds",
+                                                       "finetune_steps", "finetune_seconds", "psnr_vs_teacher_last")} | {
+            "share": args.finetune_share, "wall_seconds": round(time.perf_counter() - t0, 1),
+            "load_average_at_end": list(os.getloadavg()),
+            "minus_scratch_db": round(d["psnr"] - v["scratch"]["psnr"], 2),
+            "gap_to_teacher_db": round(payload["teacher"]["clamped"]["psnr"] - d["psnr"], 2)}
+        print(f"{s}: distilled {d['seconds']:.0f} s ({d['steps']} steps) + fine-tuned {d['finetune_seconds']:.0f} s "
+              f"({d['finetune_steps']} steps): {d['psnr']:.2f} dB (scratch {v['scratch']['psnr']:.2f})", flush=True)
+        write_json(args.out, payload, "cpu", machine=payload.get("machine", getattr(args, "machine", None)))
 
 
 def main(argv=None) -> int:
@@ -85,11 +166,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "distill.json"))
     ap.add_argument("--workdir", default=str(REPO_ROOT / "benchmarks" / "results" / "distill_runs"))
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the --out JSON")
+    ap.add_argument("--reach-budget", type=float, default=0.0,
+                    help="seconds for a longer scratch run measuring the time to the distilled PSNR (0: none)")
+    ap.add_argument("--reach-only", action="store_true", help="only the --reach-budget runs, for the --out JSON")
+    ap.add_argument("--finetune-share", type=float, default=0.0,
+                    help="share of the budget given to fine-tuning on real images in an extra distilled run (0: none)")
+    ap.add_argument("--finetune-students", default="tensorf,voxels")
+    ap.add_argument("--finetune-only", action="store_true", help="only the --finetune-share runs, for the --out JSON")
     args = ap.parse_args(argv)
-    if args.plot_only:
+    if args.plot_only or args.reach_only or args.finetune_only:
         import json
 
-        print(plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png")))
+        payload = json.loads(Path(args.out).read_text())
+        if args.reach_only or args.finetune_only:
+            ensure_fieldstudio()
+            payload.pop("created", None)
+            if args.reach_only:
+                reach_runs(payload, args)
+            if args.finetune_only:
+                finetune_runs(payload, args)
+            write_json(args.out, payload, "cpu", machine=payload.pop("machine", None))
+        print(plot(payload, Path(args.out).with_suffix(".png")))
         return 0
     ensure_fieldstudio()
     import torch
@@ -156,6 +253,11 @@ def main(argv=None) -> int:
         print(f"{s}: scratch {r['psnr']:.2f} dB in {r['seconds']:.0f} s ({r['steps']} steps); "
               f"scratch reaches the distilled PSNR (view 0: {target:.2f}) at {reach} s", flush=True)
         write_json(args.out, payload, "cpu", machine=machine)
+    args.machine = machine
+    if args.reach_budget:
+        reach_runs(payload, args)
+    if args.finetune_share:
+        finetune_runs(payload, args)
     rows = [[s, f"{v['distilled']['psnr']:.2f}", f"{v['gap_to_teacher_db']:+.2f}", f"{v['distilled']['seconds']:.0f}",
              f"{v['scratch']['psnr']:.2f}", str(v["scratch_seconds_to_distilled_psnr_first_view"])]
             for s, v in payload["students"].items()]
