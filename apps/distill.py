@@ -121,10 +121,10 @@ def _open_dataset(cfg: dict[str, Any], data: str | None, device):
     return load_scene(src, format=s.get("format", "auto") if not data else "auto", downscale=s.get("downscale", 1)).to(device)
 
 
-def _finetune(model, dataset, steps: int, lr: float, seed: int, n_rays: int = 1024, progress: bool = False,
+def _finetune(model, dataset, steps: int | None, lr: float, seed: int, n_rays: int = 1024, progress: bool = False,
               time_budget: float | None = None) -> tuple[int, float]:
-    """Steps on the real training images (PVD's optional last stage), ending after ``steps`` or
-    ``time_budget`` seconds, whichever comes first; returns (steps taken, seconds spent)."""
+    """Steps on the real training images (PVD's optional last stage), ending after ``steps`` (None:
+    no limit) or ``time_budget`` seconds, whichever comes first; returns (steps taken, seconds spent)."""
     from tqdm.auto import tqdm
 
     from fieldstudio.renderers.rays import dataset_rays
@@ -135,10 +135,9 @@ def _finetune(model, dataset, steps: int, lr: float, seed: int, n_rays: int = 10
     dev = dataset.device
     gen = torch.Generator().manual_seed(seed)
     model.train()
+    bar = tqdm(total=steps, desc="fine-tune", disable=not progress, leave=False)
     done = 0
-    for _ in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
-        if time_budget is not None and time.perf_counter() - t0 >= time_budget:
-            break
+    while (steps is None or done < steps) and (time_budget is None or time.perf_counter() - t0 < time_budget):
         pick = torch.randint(0, len(train_idx), (n_rays,), generator=gen).to(dev)
         img = train_idx[pick]
         px = torch.randint(0, dataset.width, (n_rays,), generator=gen).to(dev)
@@ -150,6 +149,8 @@ def _finetune(model, dataset, steps: int, lr: float, seed: int, n_rays: int = 10
         loss.backward()
         opt.step()
         done += 1
+        bar.update()
+    bar.close()
     return done, time.perf_counter() - t0
 
 
@@ -269,8 +270,8 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                                "params": sum(p.numel() for p in model.field.parameters()),
                                "psnr_vs_teacher_last": history[-1]["psnr"] if history else None, "device": str(dev)}
     if finetune_steps or finetune_time:
-        ft_steps = finetune_steps or 1_000_000_000  # a time alone: as many steps as fit
-        done, secs = _finetune(model, dataset, ft_steps, lr * 0.1, seed, n_rays, progress, time_budget=finetune_time)
+        done, secs = _finetune(model, dataset, finetune_steps or None, lr * 0.1, seed, n_rays, progress,
+                               time_budget=finetune_time)
         metrics.update(finetune_steps=done, finetune_seconds=round(secs, 2))
         runs.save_weights(out / runs.WEIGHTS, model)
     if dataset is not None:
@@ -289,8 +290,8 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
 def _cmd_distill(args) -> int:
     m = distill_run(args.teacher, args.to, out=args.out, steps=args.steps, n_rays=args.rays, lr=args.lr,
                     seed=args.seed, device=args.device, data=args.data, eval_views=args.eval_views,
-                    finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    progress=not args.quiet, time_budget=args.time_budget)
+                    finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, resume=args.resume,
+                    checkpoint_every=args.checkpoint_every, progress=not args.quiet, time_budget=args.time_budget)
     score = f"test PSNR {m['psnr']:.2f} dB over {m['test_views']} views  " if "psnr" in m else ""
     print(f"{score}student vs teacher {m['psnr_vs_teacher_last']} dB  {m['steps']} steps in {m['seconds']:.1f} s  "
           f"->  {args.out}")

@@ -77,8 +77,7 @@ def plot(payload: dict, path: Path) -> Path:
         ft = v.get("distilled_finetuned")
         if ft:
             ax.plot([ft["seconds"] + ft["finetune_seconds"]], [ft["psnr_per_view"][0]], "P", ms=9, color="C3",
-                    alpha=0.8, label="distilled, last 15 % fine-tuned on real images"
-                    if abs(ft.get("share", 0.15) - 0.15) < 1e-9 else f"distilled + {ft['finetune_seconds']:.0f} s fine-tune")
+                    alpha=0.8, label=f"distilled, last {ft['share']:.0%} fine-tuned on real images")
         ax.axhline(t_view0, color="grey", ls="--", lw=1, label="hash-grid teacher")
         ax.set_title(name)
         ax.set_xlabel("training seconds (CPU)")
@@ -123,7 +122,7 @@ def reach_runs(payload: dict, args) -> None:
                               "ratio_to_distill_seconds": round(reach / v["distilled"]["seconds"], 2) if reach else None}
         print(f"{s}: scratch over {args.reach_budget:.0f} s reaches {target:.2f} dB (view 0) at {reach} s "
               f"(final {r['psnr_per_view'][0]:.2f} dB after {r['seconds']:.0f} s)", flush=True)
-        write_json(args.out, payload, "cpu", machine=payload.get("machine", getattr(args, "machine", None)))
+        write_json(args.out, payload, "cpu", machine=args.machine)
 
 
 def finetune_runs(payload: dict, args) -> None:
@@ -151,7 +150,7 @@ def finetune_runs(payload: dict, args) -> None:
             "gap_to_teacher_db": round(payload["teacher"]["clamped"]["psnr"] - d["psnr"], 2)}
         print(f"{s}: distilled {d['seconds']:.0f} s ({d['steps']} steps) + fine-tuned {d['finetune_seconds']:.0f} s "
               f"({d['finetune_steps']} steps): {d['psnr']:.2f} dB (scratch {v['scratch']['psnr']:.2f})", flush=True)
-        write_json(args.out, payload, "cpu", machine=payload.get("machine", getattr(args, "machine", None)))
+        write_json(args.out, payload, "cpu", machine=args.machine)
 
 
 def main(argv=None) -> int:
@@ -180,12 +179,12 @@ def main(argv=None) -> int:
         payload = json.loads(Path(args.out).read_text())
         if args.reach_only or args.finetune_only:
             ensure_fieldstudio()
-            payload.pop("created", None)
+            payload.pop("created", None)  # write_json stamps a new one
+            args.machine = payload.pop("machine", None)  # the main run's machine record stays
             if args.reach_only:
                 reach_runs(payload, args)
             if args.finetune_only:
                 finetune_runs(payload, args)
-            write_json(args.out, payload, "cpu", machine=payload.pop("machine", None))
         print(plot(payload, Path(args.out).with_suffix(".png")))
         return 0
     ensure_fieldstudio()
