@@ -121,34 +121,52 @@ def _open_dataset(cfg: dict[str, Any], data: str | None, device):
     return load_scene(src, format=s.get("format", "auto") if not data else "auto", downscale=s.get("downscale", 1)).to(device)
 
 
-def _finetune(model, dataset, steps: int | None, lr: float, seed: int, n_rays: int = 1024, progress: bool = False,
-              time_budget: float | None = None) -> tuple[int, float]:
+def _finetune(model, dataset, steps: int | None, lr: float, seed: int, progress: bool = False,
+              time_budget: float | None = None, target_samples: int | None = None,
+              lr_final: float = 0.03) -> tuple[int, float]:
     """Steps on the real training images (PVD's optional last stage), ending after ``steps`` (None:
-    no limit) or ``time_budget`` seconds, whichever comes first; returns (steps taken, seconds spent)."""
+    no limit) or ``time_budget`` seconds, whichever comes first; returns (steps taken, seconds spent).
+
+    Trained like `reconstruct`: the ray count adapts so each step renders about ``target_samples``
+    samples (2^15 on a CPU, 2^16 on a GPU) and the rate restarts at the student's ``lr``, decaying
+    (cosine, along the larger of the step and time fractions) to ``lr * lr_final``. A fixed tenth of
+    the rate on 2,048 rays, measured on lego, left a distilled TensoRF 0.3 dB lower after 60 s.
+    """
     from tqdm.auto import tqdm
 
     from fieldstudio.renderers.rays import dataset_rays
 
     t0 = time.perf_counter()
     opt = make_adam(model.field, lr, encoder_param_groups(model.field, lr))
+    base = [g["lr"] for g in opt.param_groups]
     train_idx = dataset.split("train")
     dev = dataset.device
+    target_samples = target_samples or 1 << (16 if dev.type == "cuda" else 15)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(total=steps, desc="fine-tune", disable=not progress, leave=False)
-    done = 0
-    while (steps is None or done < steps) and (time_budget is None or time.perf_counter() - t0 < time_budget):
-        pick = torch.randint(0, len(train_idx), (n_rays,), generator=gen).to(dev)
+    done, n = 0, 1024
+    while True:
+        elapsed = time.perf_counter() - t0
+        frac = max(done / steps if steps else 0.0, elapsed / time_budget if time_budget else 0.0)
+        if frac >= 1.0:
+            break
+        for g, b in zip(opt.param_groups, base):
+            g["lr"] = b * (lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+        pick = torch.randint(0, len(train_idx), (n,), generator=gen).to(dev)
         img = train_idx[pick]
-        px = torch.randint(0, dataset.width, (n_rays,), generator=gen).to(dev)
-        py = torch.randint(0, dataset.height, (n_rays,), generator=gen).to(dev)
+        px = torch.randint(0, dataset.width, (n,), generator=gen).to(dev)
+        py = torch.randint(0, dataset.height, (n,), generator=gen).to(dev)
         target, bg = dataset.pixels(img, py, px, generator=gen if dev.type == "cpu" else None)
-        rgb, _, _, _ = model.render_rays(dataset_rays(dataset, img, px, py), bg, stratified=True)
+        rgb, _, _, n_samples = model.render_rays(dataset_rays(dataset, img, px, py), bg, stratified=True)
         loss = torch.mean((rgb - target) ** 2)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fine-tuning diverged: loss {float(loss)} at fine-tune step {done}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         done += 1
+        n = int(min(1 << 16, max(256, n * target_samples / max(n_samples, 1))))
         bar.update()
     bar.close()
     return done, time.perf_counter() - t0
@@ -222,7 +240,8 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                                  "feature_stage": has_feature(tmodel.field) and has_feature(model.field)},
                     "loss_weights": weights.__dict__, "log_density_clip": CLIP, "time_budget": time_budget,
                     "virtual_cameras": cams.config(), "finetune_steps": finetune_steps,
-                    "finetune_time": finetune_time},
+                    "finetune_time": finetune_time,
+                    "finetune_schedule": "rate restarts at lr, cosine to 3 %; rays adapt to reconstruct's samples per step"},
         "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15},
         "schedule": "cosine decay to 3 % of lr",
     }
@@ -270,8 +289,10 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                                "params": sum(p.numel() for p in model.field.parameters()),
                                "psnr_vs_teacher_last": history[-1]["psnr"] if history else None, "device": str(dev)}
     if finetune_steps or finetune_time:
-        done, secs = _finetune(model, dataset, finetune_steps or None, lr * 0.1, seed, n_rays, progress,
-                               time_budget=finetune_time)
+        try:
+            done, secs = _finetune(model, dataset, finetune_steps or None, lr, seed, progress, time_budget=finetune_time)
+        except FloatingPointError as exc:
+            raise TrainingError(f"{exc}; the distilled student is kept in {out}", "lower the learning rate (--lr)") from exc
         metrics.update(finetune_steps=done, finetune_seconds=round(secs, 2))
         runs.save_weights(out / runs.WEIGHTS, model)
     if dataset is not None:

@@ -80,6 +80,39 @@ def test_finetune_time_alone_runs_as_many_steps_as_fit(teacher, tmp_path):
     assert cfg["train"]["distill"]["finetune_time"] == 0.5
 
 
+def test_finetune_trains_like_reconstruct(teacher, monkeypatch):
+    """The real-image stage adapts its ray count to the sample target and decays the rate from the
+    student's lr along a cosine (a fixed tenth of the rate on fixed rays fine-tuned too little)."""
+    from fieldstudio.apps import distill as app
+
+    model, cfg = load_scene_run(teacher, device="cpu")
+    ds = app._open_dataset(cfg, None, torch.device("cpu"))
+    rays, samples, lrs = [], [], []
+    render = model.render_rays
+
+    def counting_render(r, bg, **kw):
+        out = render(r, bg, **kw)
+        rays.append(len(bg))
+        samples.append(out[3])
+        return out
+
+    monkeypatch.setattr(model, "render_rays", counting_render)
+    make_adam = app.make_adam
+
+    def recording_adam(*a, **kw):
+        opt = make_adam(*a, **kw)
+        opt.register_step_pre_hook(lambda o, *_: lrs.append(o.param_groups[0]["lr"]))
+        return opt
+
+    monkeypatch.setattr(app, "make_adam", recording_adam)
+    target = 1 << 15  # the CPU default; this little teacher draws about 100 samples a ray
+    done, _ = app._finetune(model, ds, 10, 1e-2, seed=0, target_samples=target)
+    assert done == 10 and len(rays) == 10 and rays[0] == 1024
+    assert all(0.5 * target < s < 2.0 * target for s in samples[-3:]), (rays, samples)
+    assert lrs[0] == pytest.approx(1e-2) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] < 0.1 * 1e-2
+
+
 def test_finetune_without_the_teachers_images_fails_before_training(teacher, tmp_path):
     moved = tmp_path / "t"
     moved.mkdir()
