@@ -1,11 +1,14 @@
 """Distillation benchmark (PVD): a hash-grid teacher -> each other field type, against training from scratch.
 
-    OMP_NUM_THREADS=1 python benchmarks/distill.py [--teacher /work/teachers/lego_hashgrid]
+    OMP_NUM_THREADS=2 python benchmarks/distill.py [--teacher benchmarks/results/lego_hashgrid_teacher]
         [--data ../shared/data/nerf_lego_blender] [--budget 330] [--students mlp,tensorf,voxels,neurbf[,cam]]
         [--eval-views 3] [--curve-every 40] [--rays 2048] [--reach-budget 990] [--reach-only]
-        [--finetune-share 0.15 [--finetune-students tensorf,voxels] [--finetune-only]]
+        [--finetune-share 0.25 [--finetune-students tensorf,voxels] [--finetune-only]]
 
-For every student type, with the same wall-clock budget each (single thread):
+The teacher is a hash-grid scene run (`fieldstudio reconstruct DATA --steps 2500`); when ``--teacher``
+does not exist yet it is trained there first (``--teacher-steps``, about 200 s on 2 cores).
+
+For every student type, with the same wall-clock budget each:
 * **distilled**: `fieldstudio distill TEACHER --to TYPE --time-budget B` (virtual cameras only);
 * **from scratch**: `fieldstudio reconstruct --field TYPE` on the real training images with the same
   ``time_budget`` (the learning-rate schedule follows the time fraction), PSNR on the first test view
@@ -87,9 +90,11 @@ def plot(payload: dict, path: Path) -> Path:
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             labels.setdefault(lab, h)
-    fig.legend(list(labels.values()), list(labels.keys()), loc="lower center", ncol=len(labels), fontsize=8,
+    ncol = min(len(labels), max(2, len(studs)))  # about one entry per panel width fits; more rows otherwise
+    rows = -(-len(labels) // max(ncol, 1))
+    fig.legend(list(labels.values()), list(labels.keys()), loc="lower center", ncol=ncol, fontsize=8,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.02 + 0.055 * rows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -155,7 +160,9 @@ def finetune_runs(payload: dict, args) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", default="/work/teachers/lego_hashgrid")
+    ap.add_argument("--teacher", default=str(REPO_ROOT / "benchmarks" / "results" / "lego_hashgrid_teacher"),
+                    help="the teacher's run folder; trained there first when missing")
+    ap.add_argument("--teacher-steps", type=int, default=2500, help="steps of that teacher training")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--budget", type=float, default=330.0, help="seconds of training per run")
     ap.add_argument("--students", default="mlp,tensorf,voxels,neurbf")
@@ -194,9 +201,14 @@ def main(argv=None) -> int:
     from fieldstudio.apps.reconstruct import evaluate_views, load_scene_run, reconstruct
     from fieldstudio.datasets.scene import load_scene
 
-    if not Path(args.data).exists() or not Path(args.teacher).exists():
-        print(f"skipped: need {args.data} and the teacher run {args.teacher}")
+    if not Path(args.data).exists():
+        print(f"skipped: the lego scene is not at {args.data} (pass --data)")
         return 0
+    if not (Path(args.teacher) / "config.json").exists():
+        print(f"training the hash-grid teacher ({args.teacher_steps} steps) into {args.teacher}", flush=True)
+        shutil.rmtree(args.teacher, ignore_errors=True)
+        reconstruct(args.data, field="ngp", encoder="hashgrid", steps=args.teacher_steps, out=args.teacher,
+                    eval_views=args.eval_views, progress=False, device="cpu")
     machine = machine_info("cpu")
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
