@@ -25,8 +25,8 @@ from fieldstudio.device import pick_device
 from fieldstudio.errors import ConfigError, InputError, TrainingError
 from fieldstudio.fields.radiance import NGP_CAM, NGP_ENCODING, NGPRadianceField, VanillaNeRF, ngp_per_level_scale
 from fieldstudio.fields.radiance_grids import TensoRFField, VoxelField
-from fieldstudio.renderers.distill import (STAGE_NAMES, DistillSchedule, LossWeights, check_channels, distill,
-                                           has_feature)
+from fieldstudio.renderers.distill import (STAGE_NAMES, DistillSchedule, LossWeights, check_channels,
+                                           cosine_lr_factor, distill, has_feature)
 from fieldstudio.renderers.virtual_views import VirtualCameras
 
 from .training import encoder_param_groups, make_adam
@@ -134,14 +134,13 @@ def _finetune(model, dataset, steps: int | None, lr: float, seed: int, progress:
     """
     from tqdm.auto import tqdm
 
-    from fieldstudio.renderers.rays import dataset_rays
+    from .reconstruct import next_ray_count, random_training_rays, target_samples_for
 
     t0 = time.perf_counter()
     opt = make_adam(model.field, lr, encoder_param_groups(model.field, lr))
     base = [g["lr"] for g in opt.param_groups]
     train_idx = dataset.split("train")
-    dev = dataset.device
-    target_samples = target_samples or 1 << (16 if dev.type == "cuda" else 15)
+    target_samples = target_samples or target_samples_for(dataset.device)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(total=steps, desc="fine-tune", disable=not progress, leave=False)
@@ -152,13 +151,9 @@ def _finetune(model, dataset, steps: int | None, lr: float, seed: int, progress:
         if frac >= 1.0:
             break
         for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * (lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
-        pick = torch.randint(0, len(train_idx), (n,), generator=gen).to(dev)
-        img = train_idx[pick]
-        px = torch.randint(0, dataset.width, (n,), generator=gen).to(dev)
-        py = torch.randint(0, dataset.height, (n,), generator=gen).to(dev)
-        target, bg = dataset.pixels(img, py, px, generator=gen if dev.type == "cpu" else None)
-        rgb, _, _, n_samples = model.render_rays(dataset_rays(dataset, img, px, py), bg, stratified=True)
+            g["lr"] = b * cosine_lr_factor(frac, lr_final)
+        rays, target, bg = random_training_rays(dataset, train_idx, n, gen)
+        rgb, _, _, n_samples = model.render_rays(rays, bg, stratified=True)
         loss = torch.mean((rgb - target) ** 2)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning diverged: loss {float(loss)} at fine-tune step {done}")
@@ -166,7 +161,7 @@ def _finetune(model, dataset, steps: int | None, lr: float, seed: int, progress:
         loss.backward()
         opt.step()
         done += 1
-        n = int(min(1 << 16, max(256, n * target_samples / max(n_samples, 1))))
+        n = next_ray_count(n, n_samples, target_samples)
         bar.update()
     bar.close()
     return done, time.perf_counter() - t0

@@ -135,6 +135,28 @@ def load_scene_run(path: str | Path, device: str = "auto") -> tuple[SceneModel, 
     return model.to(pick_device(device)).eval(), cfg
 
 
+def target_samples_for(device: torch.device) -> int:
+    """Samples rendered per training step: 2^16 on a GPU (instant-ngp), 2^15 on a CPU."""
+    return 1 << (16 if device.type == "cuda" else 15)
+
+
+def next_ray_count(n_rays: int, n_samples: int, target_samples: int) -> int:
+    """The ray count that makes the next step render about ``target_samples`` samples, given that
+    ``n_rays`` rays drew ``n_samples`` (kept within [256, 2^16])."""
+    return int(min(1 << 16, max(256, n_rays * target_samples / max(n_samples, 1))))
+
+
+def random_training_rays(ds: SceneDataset, train_idx: torch.Tensor, n: int, gen: torch.Generator):
+    """``n`` random pixels of the training views: (rays, target colours, background colours)."""
+    dev = ds.device
+    pick = torch.randint(0, len(train_idx), (n,), generator=gen).to(dev)
+    img = train_idx[pick]
+    px = torch.randint(0, ds.width, (n,), generator=gen).to(dev)
+    py = torch.randint(0, ds.height, (n,), generator=gen).to(dev)
+    target, bg = ds.pixels(img, py, px, generator=gen if dev.type == "cpu" else None)
+    return dataset_rays(ds, img, px, py), target, bg
+
+
 def scene_defaults(width: int, height: int, device: torch.device, field: str = "ngp") -> dict[str, Any]:
     """Sizes that suit the images and the machine, used where the caller gives none.
 
@@ -151,7 +173,7 @@ def scene_defaults(width: int, height: int, device: torch.device, field: str = "
     n_max, log2_t = (2048, 19) if cuda else ((512, 17) if small else (1024, 18))
     out: dict[str, Any] = {
         "render_step_size": math.sqrt(3) / (512 if (small and not cuda) else 1024),
-        "target_samples": 1 << (16 if cuda else 15),
+        "target_samples": target_samples_for(device),
         "grid_resolution": 128 if cuda else 64,  # a 128^3 refresh is 2M field queries: seconds on a CPU
         "field_config": {},
     }
@@ -341,18 +363,13 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         model.grid.update(step, occ_eval_fn, occ_thre=0.01, ema_decay=0.95, warmup_steps=256, n=16)
         gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
         n = int(state.extra["n_rays"])
-        pick = torch.randint(0, len(train_idx), (n,), generator=gen).to(dev)
-        img = train_idx[pick]
-        px = torch.randint(0, ds.width, (n,), generator=gen).to(dev)
-        py = torch.randint(0, ds.height, (n,), generator=gen).to(dev)
-        rays = dataset_rays(ds, img, px, py)
-        target, bg = ds.pixels(img, py, px, generator=gen if dev.type == "cpu" else None)
+        rays, target, bg = random_training_rays(ds, train_idx, n, gen)
         rgb, _, _, n_samples = model.render_rays(rays, bg, stratified=True)
         loss = torch.mean((rgb - target) ** 2)
         counters["rays"] += n
         counters["samples"] += n_samples
         # adapt the ray count so each step renders about target_samples samples
-        state.extra["n_rays"] = int(min(1 << 16, max(256, n * target_samples / max(n_samples, 1))))
+        state.extra["n_rays"] = next_ray_count(n, n_samples, target_samples)
         return loss, -10.0 * torch.log10(loss.detach().clamp_min(1e-12))
 
     if dev.type == "cuda":

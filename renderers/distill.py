@@ -101,6 +101,11 @@ def check_channels(fld: nn.Module, what: str, device=None) -> None:
         raise ValueError(f"{what}'s channels lack {', '.join(missing)}")
 
 
+def cosine_lr_factor(frac: float, final: float) -> float:
+    """The learning-rate factor at ``frac`` of training: 1 at the start, ``final`` at the end."""
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mean((a.float() - b.float()) ** 2)
 
@@ -157,7 +162,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_s
         stage = schedule.stage(eff, with_features)
         result.stage_starts.setdefault(stage, step)
         for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * (lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+            g["lr"] = b * cosine_lr_factor(frac, lr_final)
         if step // epoch_steps != epoch:  # a new epoch: new virtual poses
             epoch = step // epoch_steps
             gen.manual_seed(seed * 1_000_003 + epoch)
