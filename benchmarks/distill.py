@@ -65,7 +65,8 @@ def plot(payload: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     studs = payload["students"]
-    fig, axes = plt.subplots(1, max(1, len(studs)), figsize=(3.6 * max(1, len(studs)), 3.4), squeeze=False)
+    # at least two panels' width: one panel alone cannot hold a two-column legend of these labels
+    fig, axes = plt.subplots(1, max(1, len(studs)), figsize=(max(3.6 * len(studs), 7.2), 3.4), squeeze=False)
     t_view0 = payload["teacher"]["clamped"]["psnr_per_view"][0]
     for ax, (name, v) in zip(axes[0], studs.items()):
         c = v["scratch"]["curve_first_view"]
