@@ -65,12 +65,40 @@ def _cam(teacher, backend, seed):
     return NGPRadianceField({**fld.cfg, "cam": NGP_CAM}, backend=backend)
 
 
+def teacher_box(teacher) -> list[list[float]] | None:
+    """The box of the teacher's occupied cells (one cell of margin) in field coordinates, for a grid
+    student's ``bounds``; None where that box is not simply the field's (a multi-level grid for an
+    unbounded scene, a grid over another box) or covers it anyway.
+
+    The student marches only through those cells, so nothing outside is ever sampled; a grid with
+    a fixed count of samples per axis gets them where the scene is (on lego, about twice as many
+    across the object on two axes)."""
+    grid = teacher.grid
+    if grid.levels != 1 or not torch.allclose(grid.aabb.cpu(), teacher.aabb.detach().cpu().reshape(-1)):
+        return None
+    box = grid.occupied_box(margin_cells=1)
+    if box is None or bool((box[0] <= 0).all() and (box[1] >= 1).all()):
+        return None
+    return [[round(float(v), 6) for v in row] for row in box]
+
+
+def _tensorf(teacher, backend, seed, fit_box=True):
+    return TensoRFField({"log_density_clip": CLIP, "bounds": teacher_box(teacher) if fit_box else None}, backend=backend)
+
+
+def _voxels(teacher, backend, seed, fit_box=True):
+    return VoxelField({"log_density_clip": CLIP, "bounds": teacher_box(teacher) if fit_box else None}, backend=backend)
+
+
+#: the students whose builders also take ``fit_box`` (span the teacher's occupied box, default; or all of it)
+BOXED_STUDENTS = ("tensorf", "voxels")
+
 #: student type -> (builder(teacher SceneModel, backend, seed) -> field, learning rate)
 STUDENTS: dict[str, tuple[Callable[..., torch.nn.Module], float]] = {
     "mlp": (lambda t, b, s: VanillaNeRF({"log_density_clip": CLIP}, backend=b), 1e-3),  # PVD: x0.1 for MLPs
     "hashgrid": (_hashgrid, 1e-2),
-    "tensorf": (lambda t, b, s: TensoRFField({"log_density_clip": CLIP}, backend=b), 1e-2),
-    "voxels": (lambda t, b, s: VoxelField({"log_density_clip": CLIP}, backend=b), 1e-1),
+    "tensorf": (_tensorf, 1e-2),
+    "voxels": (_voxels, 1e-1),
     "neurbf": (_neurbf, 1e-2),
     "cam": (_cam, 1e-2),
 }
@@ -173,13 +201,14 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                 feature_steps: int | None = None, point_steps: int | None = None, time_budget: float | None = None,
                 data: str | None = None, eval_views: int | None = None, finetune_steps: int = 0,
                 finetune_time: float | None = None, resume: bool = False, checkpoint_every: int = 500, progress: bool = True,
-                callback=None, student: torch.nn.Module | None = None) -> dict[str, Any]:
+                callback=None, student: torch.nn.Module | None = None, fit_box: bool = True) -> dict[str, Any]:
     """Distil the scene run ``teacher`` into a ``to`` field written as the scene run ``out``.
 
     ``student`` (a field module with the channel contract) overrides the builder of ``to``, which
     then only names the run. ``finetune_steps`` / ``finetune_time`` (seconds): a last stage on the
     real training images, ending at whichever limit is given first (a time alone means as many steps
-    as fit). Returns the metrics written to metrics.json.
+    as fit). ``fit_box``: a grid student (tensorf, voxels) spans only the teacher's occupied box
+    (`teacher_box`); False: the whole scene box. Returns the metrics written to metrics.json.
     """
     from .reconstruct import SceneModel, build_scene_model, evaluate_views
 
@@ -202,7 +231,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
         torch.manual_seed(seed)
         if student is None:
             build, default_lr = STUDENTS[to]
-            student = build(tmodel, backend, seed)
+            student = build(tmodel, backend, seed, **({"fit_box": fit_box} if to in BOXED_STUDENTS else {}))
         else:
             default_lr = 1e-2
         lr = default_lr if lr is None else lr
@@ -308,7 +337,8 @@ def _cmd_distill(args) -> int:
     m = distill_run(args.teacher, args.to, out=args.out, steps=args.steps, n_rays=args.rays, lr=args.lr,
                     seed=args.seed, device=args.device, data=args.data, eval_views=args.eval_views,
                     finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, resume=args.resume,
-                    checkpoint_every=args.checkpoint_every, progress=not args.quiet, time_budget=args.time_budget)
+                    checkpoint_every=args.checkpoint_every, progress=not args.quiet, time_budget=args.time_budget,
+                    fit_box=not args.full_box)
     score = f"test PSNR {m['psnr']:.2f} dB over {m['test_views']} views  " if "psnr" in m else ""
     print(f"{score}student vs teacher {m['psnr_vs_teacher_last']} dB  {m['steps']} steps in {m['seconds']:.1f} s  "
           f"->  {args.out}")
@@ -332,6 +362,8 @@ def add_parser(sub) -> None:
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune on the real training images afterwards")
     p.add_argument("--finetune-time", type=float, default=None,
                    help="seconds of that fine-tuning (alone: as many steps as fit; with --finetune-steps: whichever ends first)")
+    p.add_argument("--full-box", action="store_true",
+                   help="a tensorf / voxels student spans the whole scene box (default: the teacher's occupied box)")
     from .cli import _add_training_flags
 
     _add_training_flags(p, checkpoint_every=500)

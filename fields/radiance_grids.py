@@ -11,6 +11,12 @@
 
 Inputs and outputs as `fields.radiance`: ``x`` in [0, 1]^3, unit ``d``; ``density = trunc_exp(log_density)``
 and the optional ``log_density_clip`` (PVD: [-2, 7]).
+
+Both take an optional ``bounds`` ``[[lo x, y, z], [hi x, y, z]]`` inside [0, 1]^3: the grid then
+spans only that box (outside it the raw log-density is `OUTSIDE_LOG_DENSITY`). A grid's detail is
+fixed by its samples per axis, so fitting it to where the scene is, as TensoRF's bounding-box
+shrinking does, buys resolution at no cost per step; a distilled student takes the box from its
+teacher's occupancy grid.
 """
 
 from __future__ import annotations
@@ -30,6 +36,40 @@ from fieldstudio.kernels import dense_kernel_applies, dense_kernels
 from .radiance import (N_FEATURES, NGP_DIRECTION_ENCODING, NGP_RGB_NETWORK, _check_clip, _direction_input,
                        _RadianceField, trunc_exp)
 
+#: raw log-density outside ``bounds``: empty (the log-density clip, when set, raises it to its floor)
+OUTSIDE_LOG_DENSITY = -10.0
+
+
+def _check_bounds(v) -> str | None:
+    if v is None:
+        return None
+    ok = (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(r, (list, tuple)) and len(r) == 3 for r in v)
+          and all(isinstance(a, (int, float)) for r in v for a in r))
+    if not ok or not all(0.0 <= lo < hi <= 1.0 for lo, hi in zip(v[0], v[1])):
+        return "must be [[lo x, y, z], [hi x, y, z]] with 0 <= lo < hi <= 1 per axis, or null"
+    return None
+
+
+class _Bounded:
+    """Maps field points into the ``bounds`` box; ``inside`` is None when the grid spans [0, 1]^3."""
+
+    def _init_bounds(self) -> None:
+        b = self.cfg["bounds"]
+        t = torch.tensor(b if b is not None else [[0.0] * 3, [1.0] * 3], dtype=torch.float32)
+        self.register_buffer("_box", t, persistent=False)  # in the config, not the weights
+
+    def _to_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cfg["bounds"] is None:
+            return x, None
+        lo, hi = self._box[0].to(x.dtype), self._box[1].to(x.dtype)
+        u = (x - lo) / (hi - lo)
+        inside = ((u >= 0) & (u <= 1)).all(dim=-1)
+        return u.clamp(0.0, 1.0), inside
+
+
+_BOUNDS_FIELD = Field((list, type(None)), None, check=_check_bounds,
+                      doc="the box of [0, 1]^3 the grid spans (null: all of it)")
+
 _TENSORF_FIELDS = {
     "encoding": Field(dict, {"otype": "TensorfVM", "n_components": 64, "resolution": 128, "init_std": 0.1},
                       doc="VM planes+lines; n_components = density + appearance components"),
@@ -37,10 +77,11 @@ _TENSORF_FIELDS = {
     "direction_encoding": Field(dict, NGP_DIRECTION_ENCODING),
     "rgb_network": Field(dict, NGP_RGB_NETWORK),
     "log_density_clip": Field((list, type(None)), None, check=_check_clip),
+    "bounds": _BOUNDS_FIELD,
 }
 
 
-class TensoRFField(_RadianceField):
+class TensoRFField(_Bounded, _RadianceField):
     """TensoRF VM with PVD's shared head: density rank 16 and appearance rank 48 per mode by default
     (PVD's), on 128-sample planes and lines (PVD: 300) to suit a CPU."""
 
@@ -56,6 +97,7 @@ class TensoRFField(_RadianceField):
                               "use a TensorfVM encoding with n_components > density_components")
         self.basis = nn.Linear(3 * (n - nd), N_FEATURES - 1, bias=False)
         self._init_head(self.cfg["direction_encoding"], self.cfg["rgb_network"], backend)
+        self._init_bounds()
 
     @property
     def config(self) -> dict[str, Any]:
@@ -66,10 +108,13 @@ class TensoRFField(_RadianceField):
 
         ``d`` is part of the field contract (a CAM field's density reads it); this one ignores it.
         """
-        f = self.encoding(x)
+        u, inside = self._to_box(x)
+        f = self.encoding(u)
         f = f.reshape(*f.shape[:-1], 3, -1)
         nd = self.cfg["density_components"]
         sigma = f[..., :nd].sum(dim=(-1, -2))
+        if inside is not None:
+            sigma = torch.where(inside, sigma, sigma.new_tensor(OUTSIDE_LOG_DENSITY))
         return torch.cat([sigma[..., None], self.basis(f[..., nd:].flatten(-2))], dim=-1)
 
 
@@ -78,10 +123,11 @@ _VOXEL_FIELDS = {
     "sh_degree": Field(int, 3, check=at_least(1), doc="SH bands (tcnn's 'degree'): sh_degree**2 coefficients per colour"),
     "init_std": Field(float, 0.02, check=positive, doc="normal init of every value (PVD)"),
     "log_density_clip": Field((list, type(None)), None, check=_check_clip),
+    "bounds": _BOUNDS_FIELD,
 }
 
 
-class VoxelField(nn.Module):
+class VoxelField(_Bounded, nn.Module):
     """Dense grid of (raw log-density, SH colour coefficients), trilinearly interpolated, no network."""
 
     kind = "radiance"
@@ -97,6 +143,7 @@ class VoxelField(nn.Module):
         # channel-last [z, y, x, C]: one vertex's values are one row, which is what the CPU kernel
         # reads (grid_sample's channel-first layout costs a cache line per channel and corner)
         self.grid = nn.Parameter(torch.randn(r, r, r, 1 + 3 * k) * self.cfg["init_std"])
+        self._init_bounds()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the layout change hold the grid as [1, C, z, y, x]
@@ -111,10 +158,16 @@ class VoxelField(nn.Module):
         return {"otype": "VoxelField", **copy.deepcopy(self.cfg)}
 
     def _sample(self, x: torch.Tensor) -> torch.Tensor:
-        pts = x.reshape(-1, 3).to(self.grid.dtype)
+        u, inside = self._to_box(x)
+        pts = u.reshape(-1, 3).to(self.grid.dtype)
         if dense_kernel_applies(pts, self.grid):
-            return _VoxelLookup.apply(pts.contiguous(), self.grid).reshape(*x.shape[:-1], self.grid.shape[-1])
-        return self.sample_torch(x)
+            v = _VoxelLookup.apply(pts.contiguous(), self.grid).reshape(*x.shape[:-1], self.grid.shape[-1])
+        else:
+            v = self.sample_torch(u)
+        if inside is None:
+            return v
+        sigma = torch.where(inside, v[..., 0], v.new_tensor(OUTSIDE_LOG_DENSITY))
+        return torch.cat([sigma[..., None], v[..., 1:]], dim=-1)
 
     def sample_torch(self, x: torch.Tensor) -> torch.Tensor:
         """The grid_sample twin of the fused kernel (any device, input gradients included)."""

@@ -93,6 +93,40 @@ class OccupancyGrid(nn.Module):
     def occupied_fraction(self) -> float:
         return float(self.binaries.float().mean())
 
+    @torch.no_grad()
+    def occupied_box(self, margin_cells: int = 1, min_component: float = 0.01) -> torch.Tensor | None:
+        """``[2, 3]`` (min row, max row): the box around level 0's occupied cells in that level's
+        [0, 1]^3, grown by ``margin_cells`` cells on every side and kept inside [0, 1]; None when no
+        cell is occupied.
+
+        Groups of touching cells (26-neighbours) holding under ``min_component`` of the occupied
+        cells are left out: a trained grid keeps a few lone cells near the box's faces (floaters,
+        on lego 36 of 11,590 cells in 35 groups), which would otherwise stretch the box to the faces.
+        """
+        import numpy as np
+        from scipy import ndimage
+
+        occ = self.binaries[0].cpu().numpy()
+        if not occ.any():
+            return None
+        labels, n = ndimage.label(occ, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel())
+        keep = sizes >= max(1.0, min_component * occ.sum())
+        keep[0] = False  # label 0 is the empty space
+        occ = keep[labels]
+        if not occ.any():  # only scattered cells: keep them all
+            occ = self.binaries[0].cpu().numpy()
+        res = torch.tensor(self._res, dtype=torch.float32)
+        lo, hi = [], []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            idx = np.flatnonzero(occ.any(axis=other))
+            lo.append(float(idx.min()))
+            hi.append(float(idx.max() + 1))  # the far face of the last occupied cell
+        lo = ((torch.tensor(lo) - margin_cells) / res).clamp(0.0, 1.0)
+        hi = ((torch.tensor(hi) + margin_cells) / res).clamp(0.0, 1.0)
+        return torch.stack([lo, hi])
+
     def extra_repr(self) -> str:
         return f"resolution={self._res}, levels={self.levels}, aabb={[round(v, 4) for v in self.aabbs[0].tolist()]}"
 

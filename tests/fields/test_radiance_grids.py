@@ -142,3 +142,48 @@ def test_grid_fields_round_trip_through_the_registry():
         x = torch.rand(3, 3)
         d = torch.nn.functional.normalize(torch.randn(3, 3), dim=-1)
         torch.testing.assert_close(again.channels(x, d)["rgb"], fld.channels(x, d)["rgb"])
+
+
+@pytest.mark.parametrize("kind", ["tensorf", "voxels"])
+@pytest.mark.parametrize("needs_grad", [False, True])  # the fused CPU kernel, and grid_sample (input gradients)
+def test_bounds_map_the_box_onto_the_whole_grid(kind, needs_grad):
+    """A grid with ``bounds`` B at x is the same grid without bounds at (x - lo) / (hi - lo);
+    outside B the raw log-density is the empty value, which the clip lifts to its floor."""
+    from fieldstudio.fields.radiance_grids import OUTSIDE_LOG_DENSITY
+
+    torch.manual_seed(5)
+    lo, hi = torch.tensor([0.2, 0.1, 0.35]), torch.tensor([0.7, 0.95, 0.8])
+    box = [lo.tolist(), hi.tolist()]
+    if kind == "tensorf":
+        enc = {"otype": "TensorfVM", "n_components": 8, "resolution": 12, "init_std": 0.3}
+        full, boxed = (TensoRFField({"encoding": enc, "density_components": 3, "bounds": b}) for b in (None, box))
+    else:
+        full, boxed = (VoxelField({"resolution": 10, "sh_degree": 2, "init_std": 0.3, "bounds": b}) for b in (None, box))
+    boxed.load_state_dict(full.state_dict())
+    inner = lo + (hi - lo) * torch.rand(64, 3)
+    outer = torch.rand(4000, 3)
+    outer = outer[((outer < lo) | (outer > hi)).any(-1)][:64]
+    d = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    x = inner.clone().requires_grad_(needs_grad)
+    got = boxed.channels(x, d)
+    want = full.channels((inner - lo) / (hi - lo), d)
+    torch.testing.assert_close(got["log_density"], want["log_density"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["rgb"], want["rgb"], rtol=1e-5, atol=1e-5)
+    out = boxed.channels(outer.clone().requires_grad_(needs_grad))
+    torch.testing.assert_close(out["log_density"], torch.full((len(outer),), OUTSIDE_LOG_DENSITY))
+    clipped = type(boxed)({**boxed.cfg, "log_density_clip": CLIP})
+    torch.testing.assert_close(clipped.channels(outer)["log_density"], torch.full((len(outer),), CLIP[0]))
+    # the box is part of the config: a run reopens with it
+    again = build_field(boxed.config)
+    again.load_state_dict(boxed.state_dict())
+    torch.testing.assert_close(again.channels(inner, d)["rgb"], boxed.channels(inner, d)["rgb"])
+
+
+@pytest.mark.parametrize("bad", [[[0, 0, 0], [1, 1]], [[0.5, 0, 0], [0.4, 1, 1]], [[-0.1, 0, 0], [1, 1, 1]], [0, 1]])
+def test_bad_bounds_are_refused(bad):
+    from fieldstudio.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bounds"):
+        VoxelField({"resolution": 4, "bounds": bad})
+    with pytest.raises(ConfigError, match="bounds"):
+        TensoRFField({"bounds": bad})

@@ -305,6 +305,26 @@ def test_occupancy_update_marks_the_blob_and_clears_empty_space():
     assert grid.binaries.all()
 
 
+def test_occupied_box_holds_every_group_of_cells_but_lone_floaters():
+    res = torch.tensor([16.0, 12.0, 20.0])
+    grid = OccupancyGrid(UNIT, res.int().tolist())
+    grid.binaries.zero_()
+    assert grid.occupied_box() is None
+    grid.binaries[0, 3:10, 2:8, 5:16] = True  # the object: 462 cells
+    grid.binaries[0, 12:14, 9:11, 1:3] = True  # a second, small one: 8 cells (over 1 %)
+    grid.binaries[0, 15, 0, 0] = True  # a floater in a corner
+    want = torch.stack([(torch.tensor([3.0, 2, 1]) - 1) / res, ((torch.tensor([14.0, 11, 16]) + 1) / res).clamp(max=1)])
+    torch.testing.assert_close(grid.occupied_box(margin_cells=1), want)
+    torch.testing.assert_close(grid.occupied_box(margin_cells=0)[0], torch.tensor([3.0, 2, 1]) / res)
+    # counting every cell, the floater stretches the box to two faces
+    torch.testing.assert_close(grid.occupied_box(margin_cells=1, min_component=0.0),
+                               torch.stack([torch.tensor([2 / 16, 0, 0]), torch.tensor([1.0, 1, 17 / 20])]))
+    grid.binaries.zero_()
+    grid.binaries[0, 1::2, ::2, ::2] = True  # nothing but 480 lone cells (none over 1 %): all of them count
+    torch.testing.assert_close(grid.occupied_box(margin_cells=0),
+                               torch.stack([torch.tensor([1 / 16, 0, 0]), torch.tensor([1.0, 11 / 12, 19 / 20])]))
+
+
 def test_occupancy_levels_cover_a_growing_box():
     grid = OccupancyGrid(UNIT, 8, levels=3)
     torch.testing.assert_close(grid.outer_aabb, torch.tensor([-1.5, -1.5, -1.5, 2.5, 2.5, 2.5]))
