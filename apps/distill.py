@@ -38,13 +38,13 @@ CLIP = [-2.0, 7.0]
 TEACHER_TYPES = ("NGPRadianceField", "VanillaNeRF", "TensoRFField", "VoxelField")
 
 
-def _hashgrid(teacher, backend, seed):
+def _hashgrid(teacher, backend, seed, fit_box=True):
     # the CPU-sized grid `reconstruct` uses for images up to 400 px (T = 2^17, N_max = 512)
     enc = {**NGP_ENCODING, "log2_hashmap_size": 17, "per_level_scale": round(ngp_per_level_scale(512, 16, 16), 6)}
     return NGPRadianceField({"encoding": enc, "log_density_clip": CLIP}, backend=backend)
 
 
-def _neurbf(teacher, backend, seed):
+def _neurbf(teacher, backend, seed, fit_box=True):
     """Instant-NGP with NeuRBF in place of the hash grid (`reconstruct --encoder neurbf`), with the
     kernels placed from the teacher itself instead of a warm-up fit."""
     from .scene_kernels import neurbf_radiance_config, placement_weights
@@ -58,7 +58,7 @@ def _neurbf(teacher, backend, seed):
     return fld
 
 
-def _cam(teacher, backend, seed):
+def _cam(teacher, backend, seed, fit_box=True):
     """The hash-grid student with CAM on its density MLP (`reconstruct --cam`): a 10 x 3 view-direction
     grid; its density and feature depend on the direction, so every stage evaluates them with one."""
     fld = _hashgrid(teacher, backend, seed)
@@ -90,12 +90,10 @@ def _voxels(teacher, backend, seed, fit_box=True):
     return VoxelField({"log_density_clip": CLIP, "bounds": teacher_box(teacher) if fit_box else None}, backend=backend)
 
 
-#: the students whose builders also take ``fit_box`` (span the teacher's occupied box, default; or all of it)
-BOXED_STUDENTS = ("tensorf", "voxels")
-
-#: student type -> (builder(teacher SceneModel, backend, seed) -> field, learning rate)
+#: student type -> (builder(teacher SceneModel, backend, seed, fit_box) -> field, learning rate);
+#: ``fit_box``: a grid student spans only the teacher's occupied box (`teacher_box`), others ignore it
 STUDENTS: dict[str, tuple[Callable[..., torch.nn.Module], float]] = {
-    "mlp": (lambda t, b, s: VanillaNeRF({"log_density_clip": CLIP}, backend=b), 1e-3),  # PVD: x0.1 for MLPs
+    "mlp": (lambda t, b, s, fit_box=True: VanillaNeRF({"log_density_clip": CLIP}, backend=b), 1e-3),  # PVD: x0.1 for MLPs
     "hashgrid": (_hashgrid, 1e-2),
     "tensorf": (_tensorf, 1e-2),
     "voxels": (_voxels, 1e-1),
@@ -231,7 +229,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
         torch.manual_seed(seed)
         if student is None:
             build, default_lr = STUDENTS[to]
-            student = build(tmodel, backend, seed, **({"fit_box": fit_box} if to in BOXED_STUDENTS else {}))
+            student = build(tmodel, backend, seed, fit_box=fit_box)
         else:
             default_lr = 1e-2
         lr = default_lr if lr is None else lr
