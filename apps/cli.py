@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--grid-resolution", type=int, default=None, help="occupancy grid cells per axis (128 on GPU, 64 on CPU)")
     rec.add_argument("--eval-views", type=int, default=None, help="evaluate only the first N test views")
     rec.add_argument("--backend", default="auto", choices=("auto", "torch", "tcnn"))
+    rec.add_argument("--fit-box-at", type=int, default=None,
+                     help="tensorf / voxels: the step at which the grid shrinks to the occupied box (default 500; 0: never)")
     _add_training_flags(rec, checkpoint_every=500)
     rec.set_defaults(func=_cmd_reconstruct)
 
@@ -285,7 +287,8 @@ def _cmd_reconstruct(args) -> int:
                     target_samples=args.target_samples, lr=args.lr, downscale=args.downscale,
                     grid_resolution=args.grid_resolution, eval_views=args.eval_views, device=args.device,
                     backend=args.backend, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps, cam=args.cam)
+                    progress=not args.quiet, encoder=args.encoder, warmup_steps=args.warmup_steps, cam=args.cam,
+                    fit_box_at=args.fit_box_at)
     print(f"test PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f} over {m['test_views']} views  {m['steps']} steps in "
           f"{m['seconds']:.1f} s  train {m['train_rays_per_second']:,.0f} rays/s  ->  {args.out}")
     return 0

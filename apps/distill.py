@@ -65,33 +65,17 @@ def _cam(teacher, backend, seed, fit_box=True):
     return NGPRadianceField({**fld.cfg, "cam": NGP_CAM}, backend=backend)
 
 
-def teacher_box(teacher) -> list[list[float]] | None:
-    """The box of the teacher's occupied cells (one cell of margin) in field coordinates, for a grid
-    student's ``bounds``; None where that box is not simply the field's (a multi-level grid for an
-    unbounded scene, a grid over another box) or covers it anyway.
-
-    The student marches only through those cells, so nothing outside is ever sampled; a grid with
-    a fixed count of samples per axis gets them where the scene is (on lego, about twice as many
-    across the object on two axes)."""
-    grid = teacher.grid
-    if grid.levels != 1 or not torch.allclose(grid.aabb.cpu(), teacher.aabb.detach().cpu().reshape(-1)):
-        return None
-    box = grid.occupied_box(margin_cells=1)
-    if box is None or bool((box[0] <= 0).all() and (box[1] >= 1).all()):
-        return None
-    return [[round(float(v), 6) for v in row] for row in box]
-
-
 def _tensorf(teacher, backend, seed, fit_box=True):
-    return TensoRFField({"log_density_clip": CLIP, "bounds": teacher_box(teacher) if fit_box else None}, backend=backend)
+    return TensoRFField({"log_density_clip": CLIP, "bounds": teacher.occupied_bounds() if fit_box else None}, backend=backend)
 
 
 def _voxels(teacher, backend, seed, fit_box=True):
-    return VoxelField({"log_density_clip": CLIP, "bounds": teacher_box(teacher) if fit_box else None}, backend=backend)
+    return VoxelField({"log_density_clip": CLIP, "bounds": teacher.occupied_bounds() if fit_box else None}, backend=backend)
 
 
 #: student type -> (builder(teacher SceneModel, backend, seed, fit_box) -> field, learning rate);
-#: ``fit_box``: a grid student spans only the teacher's occupied box (`teacher_box`), others ignore it
+#: ``fit_box``: a grid student spans only the teacher's occupied box
+#: (`SceneModel.occupied_bounds`), others ignore it
 STUDENTS: dict[str, tuple[Callable[..., torch.nn.Module], float]] = {
     "mlp": (lambda t, b, s, fit_box=True: VanillaNeRF({"log_density_clip": CLIP}, backend=b), 1e-3),  # PVD: x0.1 for MLPs
     "hashgrid": (_hashgrid, 1e-2),
@@ -206,7 +190,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
     then only names the run. ``finetune_steps`` / ``finetune_time`` (seconds): a last stage on the
     real training images, ending at whichever limit is given first (a time alone means as many steps
     as fit). ``fit_box``: a grid student (tensorf, voxels) spans only the teacher's occupied box
-    (`teacher_box`); False: the whole scene box. Returns the metrics written to metrics.json.
+    (`SceneModel.occupied_bounds`); False: the whole scene box. Returns the metrics written to metrics.json.
     """
     from .reconstruct import SceneModel, build_scene_model, evaluate_views
 

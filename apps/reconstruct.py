@@ -37,6 +37,10 @@ from .training import (TrainingStopped, TrainState, encoder_param_groups, load_c
 
 FIELDS = {"ngp": NGPRadianceField, "nerf": VanillaNeRF, "tensorf": TensoRFField, "voxels": VoxelField}
 DEFAULT_LR = {"ngp": 1e-2, "nerf": 5e-4, "tensorf": 1e-2, "voxels": 1e-1}
+#: the step at which a grid field (TensoRF, voxels) shrinks to the occupied box by default: after the
+#: occupancy grid's 256-step warm-up, once the grid has carved the empty space around the scene
+#: (TensoRF shrinks at its first alpha-mask update, 2,000 of 30,000 steps)
+FIT_BOX_AT = {"tensorf": 500, "voxels": 500}
 
 
 def occupancy_eval_fn(model: "SceneModel", step_size: float):
@@ -65,6 +69,22 @@ class SceneModel(nn.Module):
         self.grid = grid
         self.register_buffer("aabb", aabb.float().reshape(2, 3).clone())
         self.render_step_size = float(render_step_size)
+
+    def occupied_bounds(self) -> list[list[float]] | None:
+        """The box of the occupied cells (one cell of margin) in the field's [0, 1]^3, as a grid
+        field's ``bounds``; None where that box is not simply the field's (a multi-level grid for an
+        unbounded scene, a grid over another box) or covers it anyway.
+
+        Rays march only through those cells, so nothing outside is ever sampled; a grid field with
+        a fixed count of samples per axis gets them where the scene is (on lego, about twice as
+        many across the object on two axes)."""
+        grid = self.grid
+        if grid.levels != 1 or not torch.allclose(grid.aabb.cpu(), self.aabb.detach().cpu().reshape(-1)):
+            return None
+        box = grid.occupied_box(margin_cells=1)
+        if box is None or bool((box[0] <= 0).all() and (box[1] >= 1).all()):
+            return None
+        return [[round(float(v), 6) for v in row] for row in box]
 
     def to_unit(self, p: torch.Tensor) -> torch.Tensor:
         """Field-space points -> the field's [0, 1]^3 input domain."""
@@ -245,7 +265,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                 render_step_size: float | None = None, field_config: dict[str, Any] | None = None,
                 eval_every: int = 0, eval_every_views: int = 4, callback=None, encoder: str = "hashgrid",
                 warmup_steps: int | None = None, stop_at_psnr: float | None = None,
-                cam: bool = False, time_budget: float | None = None) -> dict[str, Any]:
+                cam: bool = False, time_budget: float | None = None, fit_box_at: int | None = None) -> dict[str, Any]:
     """Train a radiance field on ``data`` (None: the bundled procedural scene) and write a run folder.
 
     ``field_config`` overrides entries of the field's default config (e.g. a smaller
@@ -264,6 +284,9 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
     direction-free upper bound of the density.
     ``time_budget`` (seconds of training): stop when it is spent, with the learning-rate schedule
     following the larger of the step and the time fraction.
+    ``fit_box_at`` (tensorf, voxels; default `FIT_BOX_AT`, 0: never): at that step the grid shrinks
+    to the box of the occupied cells (`SceneModel.occupied_bounds`, `shrink_to`), keeping its
+    samples per axis, as TensoRF does; the run's config then holds the box as the field's bounds.
     """
     out = Path(out)
     dev = pick_device(device)
@@ -273,6 +296,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         data, format, downscale = s["data"], s["format"], s["downscale"]
         field, lr, seed, target_samples = old["train"]["field"], old["train"]["lr"], old["train"]["seed"], old["train"]["target_samples"]
         grid_resolution, render_step_size = s["grid"]["resolution"], s["render_step_size"]
+        fit_box_at = old["train"].get("fit_box_at", 0)
     elif (out / runs.STATE).exists():
         raise InputError(f"{out} already holds a run", "pass --resume to continue it, or choose another --out")
     if field not in FIELDS:
@@ -287,6 +311,10 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                           f"with '{encoder}'", "use --field ngp --encoder hashgrid with --cam")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}", "e.g. --steps 2000")
+    if fit_box_at is None:
+        fit_box_at = FIT_BOX_AT.get(field, 0)
+    if fit_box_at and field not in FIT_BOX_AT:
+        raise ConfigError(f"--fit-box-at shrinks a grid field (tensorf, voxels), not '{field}'", "leave it out, or pass 0")
     ds = load_scene(data, format=format, downscale=downscale).to(dev)
     train_idx = ds.split("train")
     test_idx = ds.split("test")
@@ -326,6 +354,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
                   "render_step_size": step_size, "grid": {"aabb": aabb.reshape(-1).tolist(), "resolution": grid_resolution, "levels": 1},
                   "summary": ds.summary(), "normalization": ds.normalization.as_dict()},
         "train": {"field": field, "encoder": encoder, "cam": model.field.config.get("cam") is not None, "lr": lr, "seed": seed, "steps": steps,
+                  "fit_box_at": fit_box_at,
                   "target_samples": target_samples, **({"kernel_init": init_info} if init_info else {}),
                   "optimizer": {"otype": "Adam", "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15},
                   "schedule": "linear warm-up 100 steps, x0.33 at 50/75/90 %"},
@@ -359,6 +388,13 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
             # the loop times the whole step_fn: take the rendering back out of the training time
             state.seconds -= time.perf_counter() - t_eval
         model.train()
+        if fit_box_at and step >= fit_box_at and "fitted_box" not in state.extra:
+            box = model.occupied_bounds()
+            if box is not None:
+                for p in model.field.shrink_to(box):
+                    opt.state.pop(p, None)  # its moments were for the old cells
+                config["field"] = model.field.config  # the next checkpoint's config holds the bounds
+            state.extra["fitted_box"] = box
         torch.manual_seed(seed * 1_000_003 + step)  # grid jitter and stratified samples: reproducible on resume
         model.grid.update(step, occ_eval_fn, occ_thre=0.01, ema_decay=0.95, warmup_steps=256, n=16)
         gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
@@ -405,6 +441,7 @@ def reconstruct(data: str | None = None, *, format: str = "auto", field: str = "
         "samples_per_ray": round(counters["samples"] / max(counters["rays"], 1), 2),
         "render_rays_per_second": quality["render_rays_per_second"],
         "occupied_fraction": round(float(model.grid.occupied_fraction()), 4),
+        "bounds": model.field.config.get("bounds"),
         "peak_memory_mb": _peak_memory_mb(dev), "device": str(dev), "field": field,
         "curve": curve + [{"step": state.step, "seconds": round(state.seconds, 2), "psnr": quality["psnr"],
                            "views": quality["views"]}],

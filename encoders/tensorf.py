@@ -68,6 +68,24 @@ class TensorfVM(Encoding):
             return out.reshape(*lead, self.n_output_dims).to(x.dtype)
         return self.forward_torch(x)
 
+    @torch.no_grad()
+    def crop(self, lo, hi) -> None:
+        """Re-read the planes and lines over the box ``[lo, hi]`` of [0, 1]^3 at the same resolution:
+        afterwards the encoding at ``u`` is the old one at ``lo + u (hi - lo)`` (exactly at the samples,
+        interpolated between them). TensoRF's bounding-box shrinking: the same samples, on less space."""
+        r = self.cfg["resolution"]
+        t = torch.linspace(0.0, 1.0, r, dtype=self.planes.dtype, device=self.planes.device)
+        axis = [(float(lo[k]) + t * (float(hi[k]) - float(lo[k]))) * 2.0 - 1.0 for k in range(3)]  # grid_sample's [-1, 1]
+        planes, lines = [], []
+        for m, (a, b, k) in enumerate(_MODES):
+            rows, cols = torch.meshgrid(axis[b], axis[a], indexing="ij")  # a plane over (a, b) is indexed [b, a]
+            g = torch.stack([cols, rows], dim=-1)[None]
+            planes.append(F.grid_sample(self.planes[m : m + 1], g, mode="bilinear", align_corners=True)[0])
+            g = torch.stack([torch.zeros_like(axis[k]), axis[k]], dim=-1)[None, :, None]
+            lines.append(F.grid_sample(self.lines[m : m + 1], g, mode="bilinear", align_corners=True)[0])
+        self.planes.copy_(torch.stack(planes))
+        self.lines.copy_(torch.stack(lines))
+
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         """The grid_sample twin of the fused kernel (any device, input gradients included)."""
         lead = x.shape[:-1]

@@ -58,6 +58,29 @@ class _Bounded:
         t = torch.tensor(b if b is not None else [[0.0] * 3, [1.0] * 3], dtype=torch.float32)
         self.register_buffer("_box", t, persistent=False)  # in the config, not the weights
 
+    @torch.no_grad()
+    def shrink_to(self, box) -> list[torch.nn.Parameter]:
+        """Span ``box`` (field coordinates; its part inside the current bounds, since values outside
+        them are not known) from now on, with the same samples per axis: the grid is re-read over it,
+        so the field keeps its values inside and is empty outside. This is TensoRF's bounding-box
+        shrinking, for a scene whose extent has become known during training. Returns the re-read
+        parameters: their optimiser moments belong to the old cells, so a caller drops them."""
+        err = _check_bounds(box)
+        if err is not None:
+            raise ConfigError(f"bounds {box} {err}")
+        old_lo, old_hi = self._box[0], self._box[1]
+        want = torch.tensor(box, dtype=self._box.dtype, device=self._box.device)
+        new = torch.stack([torch.maximum(want[0], old_lo), torch.minimum(want[1], old_hi)])
+        if bool((new[0] >= new[1]).any()):
+            raise ConfigError(f"bounds {box} do not overlap the current ones {self._box.tolist()}")
+        bounds = [[round(float(v), 6) for v in row] for row in new]  # as the config will hold them
+        new = torch.tensor(bounds, dtype=self._box.dtype, device=self._box.device)
+        size = old_hi - old_lo
+        params = self._crop(((new[0] - old_lo) / size).tolist(), ((new[1] - old_lo) / size).tolist())
+        self._box.copy_(new)
+        self.cfg["bounds"] = bounds
+        return params
+
     def _to_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cfg["bounds"] is None:
             return x, None
@@ -117,6 +140,10 @@ class TensoRFField(_Bounded, _RadianceField):
             sigma = torch.where(inside, sigma, sigma.new_tensor(OUTSIDE_LOG_DENSITY))
         return torch.cat([sigma[..., None], self.basis(f[..., nd:].flatten(-2))], dim=-1)
 
+    def _crop(self, lo, hi) -> list[nn.Parameter]:
+        self.encoding.crop(lo, hi)
+        return [self.encoding.planes, self.encoding.lines]
+
 
 _VOXEL_FIELDS = {
     "resolution": Field(int, 96, check=at_least(2), doc="grid vertices per axis (Plenoxels: 512 sparse; PVD: 128 dense)"),
@@ -168,6 +195,13 @@ class VoxelField(_Bounded, nn.Module):
             return v
         sigma = torch.where(inside, v[..., 0], v.new_tensor(OUTSIDE_LOG_DENSITY))
         return torch.cat([sigma[..., None], v[..., 1:]], dim=-1)
+
+    def _crop(self, lo, hi) -> list[nn.Parameter]:
+        r = self.grid.shape[0]
+        t = torch.linspace(0.0, 1.0, r, dtype=self.grid.dtype, device=self.grid.device)
+        z, y, x = torch.meshgrid(*(float(lo[k]) + t * (float(hi[k]) - float(lo[k])) for k in (2, 1, 0)), indexing="ij")
+        self.grid.copy_(self.sample_torch(torch.stack([x, y, z], dim=-1)))  # [z, y, x, C], as stored
+        return [self.grid]
 
     def sample_torch(self, x: torch.Tensor) -> torch.Tensor:
         """The grid_sample twin of the fused kernel (any device, input gradients included)."""

@@ -190,22 +190,7 @@ def test_cam_student_distills_with_directions_in_every_stage(teacher, tmp_path):
 
 
 def test_grid_students_span_the_teachers_occupied_box(teacher, tmp_path):
-    from types import SimpleNamespace
-
-    from fieldstudio.apps.distill import load_teacher, teacher_box
-    from fieldstudio.renderers.occupancy import OccupancyGrid
-
-    unit = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    grid = OccupancyGrid(unit, 8)
-    grid.binaries.zero_()
-    grid.binaries[0, 2:5, 1:7, 3:6] = True
-    assert teacher_box(SimpleNamespace(grid=grid, aabb=unit)) == [[0.125, 0.0, 0.25], [0.75, 1.0, 0.875]]
-    grid.binaries.fill_(True)  # the box is the scene's: no bounds
-    assert teacher_box(SimpleNamespace(grid=grid, aabb=unit)) is None
-    # a multi-level grid (unbounded scene) or one over another box: no bounds
-    assert teacher_box(SimpleNamespace(grid=OccupancyGrid(unit, 8, levels=2), aabb=unit)) is None
-    grid.binaries[0, :4] = False
-    assert teacher_box(SimpleNamespace(grid=grid, aabb=unit * 2)) is None
+    from fieldstudio.apps.distill import load_teacher
 
     # a copy of the real teacher, its grid emptied below the middle in z so the box is certain to shrink
     import shutil
@@ -216,7 +201,7 @@ def test_grid_students_span_the_teachers_occupied_box(teacher, tmp_path):
     rz = model.grid.binaries.shape[3]
     model.grid.binaries[0, :, :, : rz // 2] = False
     runs.save_weights(src / runs.WEIGHTS, model)
-    want = teacher_box(load_teacher(src, device="cpu")[0])
+    want = load_teacher(src, device="cpu")[0].occupied_bounds()
     assert want is not None and want[0][2] >= 0.5 - 1 / rz
     for kind in ("tensorf", "voxels"):
         distill_run(src, kind, out=tmp_path / kind, steps=3, n_rays=64, eval_views=1, progress=False)

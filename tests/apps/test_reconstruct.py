@@ -9,7 +9,7 @@ import torch
 import fieldstudio
 from fieldstudio import runs
 from fieldstudio.apps.cli import main
-from fieldstudio.apps.reconstruct import load_scene_run, reconstruct
+from fieldstudio.apps.reconstruct import SceneModel, load_scene_run, reconstruct
 from fieldstudio.datasets.scene import load_scene
 from fieldstudio.errors import InputError
 from fieldstudio.fields.radiance import NGPRadianceField
@@ -212,3 +212,75 @@ def test_reconstruct_with_cam_runs_and_reopens(tmp_path, capsys):
     assert main(["reconstruct", "--field", "nerf", "--cam", "--out", str(tmp_path / "n"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--cam" in err and "Traceback" not in err
+
+
+def test_occupied_bounds_is_the_box_of_level_zero_cells_in_field_coordinates():
+    from fieldstudio.renderers.occupancy import OccupancyGrid
+
+    unit = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+
+    def bounds(grid, aabb=unit):
+        return SceneModel(torch.nn.Identity(), grid, aabb, 0.01).occupied_bounds()
+
+    grid = OccupancyGrid(unit, 8)
+    grid.binaries.zero_()
+    grid.binaries[0, 2:5, 1:7, 3:6] = True  # x cells 2-4, y 1-6, z 3-5, plus one cell of margin
+    assert bounds(grid) == [[0.125, 0.0, 0.25], [0.75, 1.0, 0.875]]
+    grid.binaries.fill_(True)  # the box is the scene's: no bounds
+    assert bounds(grid) is None
+    # a multi-level grid (unbounded scene) or one over another box: no bounds
+    assert bounds(OccupancyGrid(unit, 8, levels=2)) is None
+    grid.binaries[0, :4] = False
+    assert bounds(grid, unit * 2) is None
+
+
+@pytest.mark.parametrize("fit_box_at", [2, 5])  # the stop at step 3 comes after the shrink, or before it
+def test_grid_field_shrinks_to_the_occupied_box_and_resumes_exactly(tmp_path, monkeypatch, fit_box_at):
+    """``fit_box_at``: the TensoRF grid shrinks to the occupied box once; the run's config holds the
+    box, and a run stopped at step 3 resumes to the same weights as one never stopped."""
+    import fieldstudio.apps.reconstruct as rec
+
+    box = [[0.1, 0.2, 0.15], [0.85, 0.8, 0.9]]
+    calls = []
+
+    def fixed_bounds(self):  # the procedural scene's grid is still all occupied after a few steps
+        calls.append(1)
+        return box
+
+    monkeypatch.setattr(rec.SceneModel, "occupied_bounds", fixed_bounds)
+    enc = {"otype": "TensorfVM", "n_components": 12, "resolution": 24}
+    kw = dict(SHORT, eval_views=1, checkpoint_every=3, field="tensorf", fit_box_at=fit_box_at,
+              field_config={"encoding": enc, "density_components": 4})
+    m = reconstruct(None, steps=6, out=tmp_path / "a", **kw)
+    assert m["bounds"] == box and len(calls) == 1
+    cfg = json.loads((tmp_path / "a" / runs.CONFIG).read_text())
+    assert cfg["field"]["bounds"] == box and cfg["train"]["fit_box_at"] == fit_box_at
+
+    real_train = rec.train
+
+    def interrupted_train(model, step_fn, *args, **kwargs):
+        def stepper(step):
+            if step == 3:
+                raise KeyboardInterrupt
+            return step_fn(step)
+
+        return real_train(model, stepper, *args, **kwargs)
+
+    monkeypatch.setattr(rec, "train", interrupted_train)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(None, steps=6, out=tmp_path / "b", **kw)
+    monkeypatch.setattr(rec, "train", real_train)
+    reconstruct(None, steps=6, out=tmp_path / "b", resume=True, **kw)
+    assert len(calls) == 2  # once in run a, once in run b (before its stop or after its resume), never twice
+    a = runs.load_run(tmp_path / "a").field
+    b = runs.load_run(tmp_path / "b").field
+    assert b.config["bounds"] == box
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_fit_box_at_is_for_grid_fields(tmp_path):
+    from fieldstudio.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tensorf, voxels"):
+        reconstruct(None, steps=2, out=tmp_path / "r", field="ngp", fit_box_at=10, **SHORT)

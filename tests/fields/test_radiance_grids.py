@@ -187,3 +187,57 @@ def test_bad_bounds_are_refused(bad):
         VoxelField({"resolution": 4, "bounds": bad})
     with pytest.raises(ConfigError, match="bounds"):
         TensoRFField({"bounds": bad})
+
+
+def _grid_pair(kind, bounds=None):
+    torch.manual_seed(6)
+    if kind == "tensorf":
+        enc = {"otype": "TensorfVM", "n_components": 8, "resolution": 9, "init_std": 0.3}
+        return TensoRFField({"encoding": enc, "density_components": 3, "bounds": bounds})
+    return VoxelField({"resolution": 9, "sh_degree": 2, "init_std": 0.3, "bounds": bounds})
+
+
+@pytest.mark.parametrize("kind", ["tensorf", "voxels"])
+@pytest.mark.parametrize("start", [None, [[0.1, 0.0, 0.2], [0.9, 0.8, 1.0]]])  # a whole grid, one already bounded
+def test_shrink_to_rereads_the_grid_over_the_box(kind, start):
+    """After ``shrink_to(B)`` the field at B's sample points (its resolution per axis) equals the
+    field before at the same points, where interpolation is exact; outside B it is empty."""
+    import copy
+
+    from fieldstudio.fields.radiance_grids import OUTSIDE_LOG_DENSITY
+
+    before = _grid_pair(kind, start)
+    after = copy.deepcopy(before)
+    box = [[0.25, 0.1, 0.3], [0.7, 0.65, 0.95]]
+    moved = after.shrink_to(box)
+    assert {id(p) for p in moved} == {id(p) for p in after.parameters()} - {id(p) for n, p in after.named_parameters()
+                                                                         if not n.startswith(("encoding", "grid"))}
+    lo, hi = torch.tensor(after.config["bounds"])
+    if start is not None:  # the part of B inside the old bounds
+        assert after.config["bounds"] == [[0.25, 0.1, 0.3], [0.7, 0.65, 0.95]]
+    t = torch.linspace(0, 1, 9)
+    nodes = torch.stack(torch.meshgrid(t, t, t, indexing="ij"), -1).reshape(-1, 3)
+    x = lo + (hi - lo) * nodes
+    d = torch.nn.functional.normalize(torch.randn(len(x), 3), dim=-1)
+    got, want = after.channels(x, d), before.channels(x, d)
+    torch.testing.assert_close(got["log_density"], want["log_density"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["rgb"], want["rgb"], rtol=1e-5, atol=1e-5)
+    # between the samples the new grid interpolates the old one's values: close on a smooth-ish grid
+    mid = lo + (hi - lo) * torch.rand(256, 3)
+    assert (after.channels(mid)["log_density"] - before.channels(mid)["log_density"]).abs().max() < 0.5
+    outside = torch.tensor([[0.2, 0.3, 0.5], [0.5, 0.7, 0.5], [0.5, 0.3, 0.97]])
+    torch.testing.assert_close(after.channels(outside)["log_density"], torch.full((3,), OUTSIDE_LOG_DENSITY))
+    # the shrunk field reopens from its config and weights
+    again = build_field(after.config)
+    again.load_state_dict(after.state_dict())
+    torch.testing.assert_close(again.channels(x, d)["rgb"], got["rgb"])
+
+
+def test_shrink_to_clips_to_the_current_bounds_and_refuses_a_disjoint_box():
+    from fieldstudio.errors import ConfigError
+
+    fld = _grid_pair("voxels", [[0.2, 0.2, 0.2], [0.6, 0.6, 0.6]])
+    fld.shrink_to([[0.0, 0.3, 0.1], [0.5, 0.9, 0.4]])
+    assert fld.config["bounds"] == [[0.2, 0.3, 0.2], [0.5, 0.6, 0.4]]
+    with pytest.raises(ConfigError, match="overlap"):
+        fld.shrink_to([[0.7, 0.7, 0.7], [0.9, 0.9, 0.9]])
