@@ -69,28 +69,32 @@ def test_render_and_export(short_run, tmp_path, capsys):
     assert info["faces"] > 0 and (tmp_path / "m.ply").exists()
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
-    """A run stopped after its step-3 checkpoint and resumed ends where an uninterrupted run ends."""
+def _stop_at_step_3_then_resume(monkeypatch, out, **kw):
+    """Run ``reconstruct`` stopped during step 4 (after its step-3 checkpoint, as if by Ctrl-C), then resume it."""
     import fieldstudio.apps.reconstruct as rec
-
-    kw = dict(SHORT, eval_views=1, checkpoint_every=3)
-    reconstruct(None, steps=6, out=tmp_path / "a", **kw)
 
     real_train = rec.train
 
     def interrupted_train(model, step_fn, *args, **kwargs):
         def stepper(step):
             if step == 3:
-                raise KeyboardInterrupt  # as if the user pressed Ctrl-C during step 4
+                raise KeyboardInterrupt
             return step_fn(step)
 
         return real_train(model, stepper, *args, **kwargs)
 
     monkeypatch.setattr(rec, "train", interrupted_train)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct(None, steps=6, out=tmp_path / "b", **kw)
+        reconstruct(None, out=out, **kw)
     monkeypatch.setattr(rec, "train", real_train)
-    reconstruct(None, steps=6, out=tmp_path / "b", resume=True, **kw)
+    reconstruct(None, out=out, resume=True, **kw)
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """A run stopped after its step-3 checkpoint and resumed ends where an uninterrupted run ends."""
+    kw = dict(SHORT, eval_views=1, checkpoint_every=3, steps=6)
+    reconstruct(None, out=tmp_path / "a", **kw)
+    _stop_at_step_3_then_resume(monkeypatch, tmp_path / "b", **kw)
     a = runs.load_run(tmp_path / "a").field.state_dict()
     b = runs.load_run(tmp_path / "b").field.state_dict()
     for k in a:
@@ -256,21 +260,7 @@ def test_grid_field_shrinks_to_the_occupied_box_and_resumes_exactly(tmp_path, mo
     cfg = json.loads((tmp_path / "a" / runs.CONFIG).read_text())
     assert cfg["field"]["bounds"] == box and cfg["train"]["fit_box_at"] == fit_box_at
 
-    real_train = rec.train
-
-    def interrupted_train(model, step_fn, *args, **kwargs):
-        def stepper(step):
-            if step == 3:
-                raise KeyboardInterrupt
-            return step_fn(step)
-
-        return real_train(model, stepper, *args, **kwargs)
-
-    monkeypatch.setattr(rec, "train", interrupted_train)
-    with pytest.raises(KeyboardInterrupt):
-        reconstruct(None, steps=6, out=tmp_path / "b", **kw)
-    monkeypatch.setattr(rec, "train", real_train)
-    reconstruct(None, steps=6, out=tmp_path / "b", resume=True, **kw)
+    _stop_at_step_3_then_resume(monkeypatch, tmp_path / "b", steps=6, **kw)
     assert len(calls) == 2  # once in run a, once in run b (before its stop or after its resume), never twice
     a = runs.load_run(tmp_path / "a").field
     b = runs.load_run(tmp_path / "b").field
