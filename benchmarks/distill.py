@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, ensure_fieldstudio, fmt_table, machine_info, write_json
+from _common import REPO_ROOT, build_cpu_kernels, fmt_table, machine_info, write_json
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nerf_lego_blender"
 #: student type -> reconstruct's (field, encoder)
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
 
         payload = json.loads(Path(args.out).read_text())
         if args.reach_only or args.finetune_only:
-            ensure_fieldstudio()
+            build_cpu_kernels()
             payload.pop("created", None)  # write_json stamps a new one
             args.machine = payload.pop("machine", None)  # the main run's machine record stays
             if args.reach_only:
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
                 finetune_runs(payload, args)
         print(plot(payload, Path(args.out).with_suffix(".png")))
         return 0
-    ensure_fieldstudio()
+    build_cpu_kernels()
     import torch
 
     from fieldstudio.apps.distill import distill_run, load_teacher
