@@ -68,17 +68,16 @@ class _Bounded:
         err = _check_bounds(box)
         if err is not None:
             raise ConfigError(f"bounds {box} {err}")
-        old_lo, old_hi = self._box[0], self._box[1]
-        want = torch.tensor(box, dtype=self._box.dtype, device=self._box.device)
-        new = torch.stack([torch.maximum(want[0], old_lo), torch.minimum(want[1], old_hi)])
-        if bool((new[0] >= new[1]).any()):
-            raise ConfigError(f"bounds {box} do not overlap the current ones {self._box.tolist()}")
-        bounds = [[round(float(v), 6) for v in row] for row in new]  # as the config will hold them
-        new = torch.tensor(bounds, dtype=self._box.dtype, device=self._box.device)
-        size = old_hi - old_lo
-        params = self._crop(((new[0] - old_lo) / size).tolist(), ((new[1] - old_lo) / size).tolist())
-        self._box.copy_(new)
-        self.cfg["bounds"] = bounds
+        old_lo, old_hi = self._box.tolist()
+        lo = [round(max(float(w), o), 6) for w, o in zip(box[0], old_lo)]  # rounded as the config holds them
+        hi = [round(min(float(w), o), 6) for w, o in zip(box[1], old_hi)]
+        if any(a >= b for a, b in zip(lo, hi)):
+            raise ConfigError(f"bounds {box} do not overlap the current ones {[old_lo, old_hi]}")
+        size = [b - a for a, b in zip(old_lo, old_hi)]
+        params = self._crop([(v - o) / s for v, o, s in zip(lo, old_lo, size)],
+                            [(v - o) / s for v, o, s in zip(hi, old_lo, size)])
+        self._box.copy_(torch.tensor([lo, hi]))
+        self.cfg["bounds"] = [lo, hi]
         return params
 
     def _to_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -106,16 +106,15 @@ class OccupancyGrid(nn.Module):
         import numpy as np
         from scipy import ndimage
 
-        occ = self.binaries[0].cpu().numpy()
-        if not occ.any():
+        occupied = self.binaries[0].cpu().numpy()
+        if not occupied.any():
             return None
-        labels, n = ndimage.label(occ, structure=np.ones((3, 3, 3), dtype=bool))
-        sizes = np.bincount(labels.ravel())
-        keep = sizes >= max(1.0, min_component * occ.sum())
+        labels, _ = ndimage.label(occupied, structure=np.ones((3, 3, 3), dtype=bool))
+        keep = np.bincount(labels.ravel()) >= max(1.0, min_component * occupied.sum())
         keep[0] = False  # label 0 is the empty space
         occ = keep[labels]
         if not occ.any():  # only scattered cells: keep them all
-            occ = self.binaries[0].cpu().numpy()
+            occ = occupied
         res = torch.tensor(self._res, dtype=torch.float32)
         lo, hi = [], []
         for axis in range(3):
