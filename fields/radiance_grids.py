@@ -150,6 +150,8 @@ _VOXEL_FIELDS = {
     "init_std": Field(float, 0.02, check=positive, doc="normal init of every value (PVD)"),
     "log_density_clip": Field((list, type(None)), None, check=_check_clip),
     "bounds": _BOUNDS_FIELD,
+    "sparse_gradients": Field(bool, True, doc="the grid's gradient holds only the cells a batch reaches, "
+                                              "stepped by `fieldstudio.optim.LazyAdam` (false: dense, any optimiser)"),
 }
 
 
@@ -183,10 +185,17 @@ class VoxelField(_Bounded, nn.Module):
     def config(self) -> dict[str, Any]:
         return {"otype": "VoxelField", **copy.deepcopy(self.cfg)}
 
+    @property
+    def sparse_gradients(self) -> bool:
+        """Whether the grid's gradient is sparse (`fieldstudio.optim.adam` then picks `LazyAdam`)."""
+        return self.cfg["sparse_gradients"]
+
     def _sample(self, x: torch.Tensor) -> torch.Tensor:
         u, inside = self._to_box(x)
         pts = u.reshape(-1, 3).to(self.grid.dtype)
-        if dense_kernel_applies(pts, self.grid):
+        if self.cfg["sparse_gradients"] and not pts.requires_grad:
+            v = _SparseVoxelLookup.apply(pts.contiguous(), self.grid).reshape(*x.shape[:-1], self.grid.shape[-1])
+        elif dense_kernel_applies(pts, self.grid):
             v = _VoxelLookup.apply(pts.contiguous(), self.grid).reshape(*x.shape[:-1], self.grid.shape[-1])
         else:
             v = self.sample_torch(u)
@@ -252,3 +261,59 @@ class _VoxelLookup(torch.autograd.Function):
         if not ctx.needs_input_grad[1]:
             return None, None
         return None, dense_kernels().voxel_backward(grad.contiguous(), pts, grid)
+
+
+def _axis_corners(x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per point, the two vertices along one axis and their weights, as the fused kernel takes them:
+    a vertex beyond the grid carries weight 0 (its index clamped), a point farther out (or NaN) none."""
+    pos = x * (r - 1)
+    valid = (pos > -1) & (pos < r)
+    fl = torch.floor(torch.where(valid, pos, torch.zeros_like(pos)))
+    f = pos - fl
+    i = fl.long()
+    w0 = torch.where(valid & (i >= 0), 1 - f, torch.zeros_like(f))
+    w1 = torch.where(valid & (i + 1 <= r - 1), f, torch.zeros_like(f))
+    return i.clamp(0, r - 1), (i + 1).clamp(0, r - 1), w0, w1
+
+
+def voxel_grid_gradient(pts: torch.Tensor, grad: torch.Tensor, shape) -> torch.Tensor:
+    """The gradient of the trilinear lookup of ``pts`` ``[n, 3]`` in a ``[r, r, r, C]`` grid indexed
+    ``[z, y, x]``, given ``grad`` ``[n, C]`` of the lookup: a coalesced sparse COO tensor of ``shape``
+    holding only the vertices the points reach (8 per point at most)."""
+    r, c = int(shape[0]), int(shape[3])
+    (x0, x1, wx0, wx1), (y0, y1, wy0, wy1), (z0, z1, wz0, wz1) = (_axis_corners(pts[:, k], r) for k in range(3))
+    rows, weights = [], []
+    for zi, wz in ((z0, wz0), (z1, wz1)):
+        for yi, wy in ((y0, wy0), (y1, wy1)):
+            for xi, wx in ((x0, wx0), (x1, wx1)):
+                rows.append((zi * r + yi) * r + xi)
+                weights.append(wz * wy * wx)
+    rows = torch.stack(rows, dim=1).reshape(-1)  # [n * 8]
+    vals = (torch.stack(weights, dim=1)[..., None] * grad[:, None, :]).reshape(-1, c)
+    uniq, inverse = torch.unique(rows, return_inverse=True)
+    summed = torch.zeros(uniq.numel(), c, dtype=grad.dtype, device=grad.device).index_add_(0, inverse, vals)
+    idx = torch.stack([uniq // (r * r), (uniq // r) % r, uniq % r])
+    return torch.sparse_coo_tensor(idx, summed, tuple(shape), is_coalesced=True, check_invariants=False)
+
+
+class _SparseVoxelLookup(torch.autograd.Function):
+    """Trilinear lookup ``[n, C]`` (the fused kernel where it applies, else `VoxelField.sample_torch`'s
+    grid_sample) whose gradient to the grid is sparse (`voxel_grid_gradient`); none to the points."""
+
+    @staticmethod
+    def forward(ctx, pts, grid):
+        grid = grid.detach()
+        ctx.save_for_backward(pts)
+        ctx.grid_shape = grid.shape
+        if dense_kernel_applies(pts, grid):
+            return dense_kernels().voxel_forward(pts, grid)
+        g = pts.reshape(1, -1, 1, 1, 3) * 2.0 - 1.0
+        v = F.grid_sample(grid.permute(3, 0, 1, 2)[None], g, mode="bilinear", align_corners=True)
+        return v.reshape(grid.shape[-1], -1).t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        (pts,) = ctx.saved_tensors
+        return None, voxel_grid_gradient(pts, grad.contiguous(), ctx.grid_shape)

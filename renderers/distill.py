@@ -31,6 +31,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fieldstudio.optim import adam
+
 from .volume import accumulate_along_rays, march, render_weight_from_density
 from .virtual_views import VirtualCameras
 
@@ -123,7 +125,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_s
     ``grid``: the teacher's occupancy grid (an `OccupancyGrid` over ``aabb``); ``render_step_size``
     in the units of ``aabb``. ``steps`` optimisation steps (with ``time_budget`` seconds, training
     also ends when that time is spent, and stages and learning rate follow the fraction of the
-    budget used instead of the step count). Adam (0.9, 0.99, eps 1e-15) at ``lr`` with a cosine
+    budget used instead of the step count). `fieldstudio.optim.adam` (0.9, 0.99, eps 1e-15) at ``lr`` with a cosine
     decay to ``lr * lr_final`` unless ``optimizer`` is given. ``callback(step, record)`` gets a
     record (step, stage, loss, psnr of the student's rendering against the teacher's, seconds)
     every ``log_every`` steps and None otherwise; returning True stops. ``on_checkpoint(step,
@@ -136,8 +138,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_s
     dev = next(student.parameters()).device
     box = box.to(dev)
     lo, hi = log_density_clip
-    opt = optimizer or torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr,
-                                        betas=(0.9, 0.99), eps=1e-15)
+    opt = optimizer or adam(student, lr)
     base = [g.setdefault("initial_lr", g["lr"]) for g in opt.param_groups]
     teacher.eval()
     student.train()

@@ -240,3 +240,65 @@ def test_shrink_to_clips_to_the_current_bounds_and_refuses_a_disjoint_box():
     assert fld.config["bounds"] == [[0.2, 0.3, 0.2], [0.5, 0.6, 0.4]]
     with pytest.raises(ConfigError, match="overlap"):
         fld.shrink_to([[0.7, 0.7, 0.7], [0.9, 0.9, 0.9]])
+
+
+def _sparse_and_dense(r=7, seed=0):
+    torch.manual_seed(seed)
+    sparse = VoxelField({"resolution": r, "sh_degree": 2, "init_std": 1.0})
+    dense = VoxelField({"resolution": r, "sh_degree": 2, "init_std": 1.0, "sparse_gradients": False})
+    dense.load_state_dict(sparse.state_dict())
+    return sparse, dense
+
+
+def _edge_points(n, gen):
+    x = torch.rand(n, 3, generator=gen)
+    x[:4], x[4:8] = 0.0, 1.0  # the faces: clamped corners carry no weight
+    x[8:24] = torch.rand(16, 3, generator=gen) * 1.4 - 0.2  # partly outside: zero padding
+    x[24:26] = torch.tensor([-1.0, 2.0, 0.5])  # wholly outside
+    return x
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_sparse_voxel_gradient_equals_the_dense_one(monkeypatch, fused):
+    if not fused:  # the grid_sample forward, as on a GPU
+        monkeypatch.setattr("fieldstudio.fields.radiance_grids.dense_kernel_applies", lambda *a: False)
+    gen = torch.Generator().manual_seed(1)
+    sparse, dense = _sparse_and_dense()
+    x = _edge_points(400, gen)
+    d = torch.nn.functional.normalize(torch.randn(400, 3, generator=gen), dim=-1)
+    grads = []
+    for fld in (sparse, dense):
+        c = fld.channels(x, d)
+        ((c["rgb"] ** 2).sum() + (c["log_density"] * torch.linspace(-1, 1, 400)).sum()).backward()
+        grads.append(fld.grid.grad)
+    assert grads[0].is_sparse and not grads[1].is_sparse
+    torch.testing.assert_close(grads[0].to_dense(), grads[1], rtol=1e-5, atol=1e-6)
+    # only the vertices the points reach are held: 8 per point at most
+    held = grads[0].coalesce().indices().shape[1]
+    assert held <= 8 * 400 and held < sparse.grid[..., 0].numel()
+
+
+def test_sparse_voxel_gradient_does_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(2)
+    sparse, _ = _sparse_and_dense(r=12)
+    x = torch.rand(5000, 3, generator=gen)
+    g = torch.randn(5000, sparse.grid.shape[-1], generator=gen)
+    threads, out = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            sparse.grid.grad = None
+            (sparse._sample(x) * g).sum().backward()
+            out.append(sparse.grid.grad.coalesce())
+    finally:
+        torch.set_num_threads(threads)
+    for other in out[1:]:
+        assert torch.equal(other.indices(), out[0].indices()) and torch.equal(other.values(), out[0].values())
+
+
+def test_points_that_need_a_gradient_take_the_dense_path():
+    sparse, dense = _sparse_and_dense(r=5)
+    x = torch.rand(20, 3, dtype=torch.float32).requires_grad_()
+    (sparse.channels(x)["log_density"].sum()).backward()
+    assert x.grad is not None and not sparse.grid.grad.is_sparse
+    torch.testing.assert_close(sparse.channels(x)["log_density"], dense.channels(x)["log_density"])

@@ -83,9 +83,10 @@ def test_vm_input_gradients_use_the_twin():
     assert torch.autograd.gradcheck(enc, (x,))
 
 
-def _voxels(dtype=torch.float32, r=6):
+def _voxels(dtype=torch.float32, r=6, sparse=False):
+    # dense gradients: these tests are about the fused lookup and its dense backward
     torch.manual_seed(3)
-    return VoxelField({"resolution": r, "sh_degree": 2, "init_std": 1.0}).to(dtype)
+    return VoxelField({"resolution": r, "sh_degree": 2, "init_std": 1.0, "sparse_gradients": sparse}).to(dtype)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
