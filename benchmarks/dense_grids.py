@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     x = torch.rand(args.points, 3)
     vm = build_encoding({"otype": "TensorfVM", "n_components": 64, "resolution": 128, "init_std": 0.1}, 3)
-    vox = VoxelField({"resolution": 96, "sh_degree": 3})
+    vox = VoxelField({"resolution": 96, "sh_degree": 3, "sparse_gradients": False})  # the dense backward
     cases = {"tensorf_vm": (vm.forward, vm.forward_torch, [vm.planes, vm.lines]),
              "voxels": (vox._sample, vox.sample_torch, [vox.grid])}
     rows, results = [], {}

@@ -8,6 +8,9 @@
   ``sh_degree**2`` spherical-harmonic coefficients per colour channel; trilinear interpolation;
   ``rgb = sigmoid(sum_k SH_k(d) c_k)``. It has no volume feature: ``channels`` returns density,
   log_density and rgb only (``has_feature = False``), so distillation skips its feature stage.
+  Its gradient is sparse (``sparse_gradients``, default on): a batch reaches a few percent of the
+  cells, and `fieldstudio.optim.adam` steps those with `LazyAdam`, so a step's cost does not grow
+  with the grid (a dense gradient and Adam pass over every cell).
 
 Inputs and outputs as `fields.radiance`: ``x`` in [0, 1]^3, unit ``d``; ``density = trunc_exp(log_density)``
 and the optional ``log_density_clip`` (PVD: [-2, 7]).
@@ -226,7 +229,7 @@ class VoxelField(_Bounded, nn.Module):
 
     def _rgb(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         sh = self.direction_encoding(_direction_input(d).to(v.dtype))  # [..., k]
-        coef = v[..., 1:].reshape(*v.shape[:-1], 3, -1)
+        coef = v[..., 1:].reshape(*v.shape[:-1], 3, sh.shape[-1])  # explicit: a batch may hold no point
         return torch.sigmoid((coef * sh[..., None, :]).sum(-1))
 
     def density(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:

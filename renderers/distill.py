@@ -188,8 +188,9 @@ def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_s
         # stage 1 aligns features only, which need no direction, except where the density MLP
         # itself is modulated by it (CAM)
         cs = student.channels(x, vd if stage > 1 or getattr(student, "view_dependent_density", False) else None)
-        zero = sum(p.sum() for p in student.parameters()) * 0.0  # keeps a graph when no sample was drawn
-        loss = zero
+        # no sample drawn: no loss, no step (a zero loss through every parameter would also make a
+        # sparse gradient dense)
+        loss = torch.zeros((), device=dev)
         fw = w.feature * (w.feature_decay ** max(0, eff - schedule.feature_steps) if stage > 1 else 1.0)
         if with_features and ri.numel() and fw > 1e-8:
             loss = loss + fw * _mse(cs["feature"], ct["feature"])
@@ -202,9 +203,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_s
                 op_s = accumulate_along_rays(ws, None, ri, n_rays)
                 img_s = accumulate_along_rays(ws, cs["rgb"], ri, n_rays) + bg * (1 - op_s)
                 loss = loss + w.rgb * _mse(img_s, img_t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if loss.requires_grad:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         step += 1
         rec = None
         if step % log_every == 0 or step == steps:

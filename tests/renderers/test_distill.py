@@ -162,3 +162,31 @@ def test_channel_checks():
     else:
         raise AssertionError("a field without rgb passed the channel check")
     assert LossWeights().rgb == 1.0
+
+
+def test_a_voxel_student_keeps_sparse_gradients_and_an_empty_batch_takes_no_step():
+    from fieldstudio.optim import LazyAdam
+
+    torch.manual_seed(0)
+    teacher = ColouredSphere()
+    student = VoxelField({"resolution": 8, "log_density_clip": [-2.0, 7.0]})
+
+    class Spy(LazyAdam):
+        sparse = []
+
+        def step(self, closure=None):
+            Spy.sparse.append(self.param_groups[0]["params"][0].grad.is_sparse)
+            return super().step(closure)
+
+    opt = Spy(student.parameters(), lr=0.1)
+    distill(teacher, student, aabb=AABB, grid=_teacher_grid(teacher), render_step_size=STEP, cameras=_cameras(),
+            steps=6, schedule=DistillSchedule(0, 3), n_rays=64, optimizer=opt)
+    assert Spy.sparse == [True] * 6
+
+    empty = OccupancyGrid(AABB, resolution=16)
+    empty.refresh(lambda p: torch.zeros(p.shape[0]), all_cells=True)  # nothing occupied: no ray draws a sample
+    before = student.grid.detach().clone()
+    res = distill(teacher, student, aabb=AABB, grid=empty, render_step_size=STEP, cameras=_cameras(), steps=3,
+                  schedule=DistillSchedule(0, 1), n_rays=64, optimizer=opt, log_every=1)
+    assert res.steps == 3 and len(Spy.sparse) == 6 and torch.equal(student.grid, before)
+    assert all(h["samples"] == 0 for h in res.history)
