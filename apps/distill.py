@@ -70,7 +70,11 @@ def _tensorf(teacher, backend, seed, fit_box=True):
 
 
 def _voxels(teacher, backend, seed, fit_box=True):
-    return VoxelField({"log_density_clip": CLIP, "bounds": teacher.occupied_bounds() if fit_box else None}, backend=backend)
+    """PVD's 128^3 dense grid, finer than `reconstruct`'s 96^3: the teacher supervises every sample,
+    so the finer grid pays (lego, 330 s: 30.88 against 30.32 dB at 96^3), while from images alone in
+    that time it trails (28.90 against 29.93 dB)."""
+    return VoxelField({"resolution": 128, "log_density_clip": CLIP, "bounds": teacher.occupied_bounds() if fit_box else None},
+                      backend=backend)
 
 
 #: student type -> (builder(teacher SceneModel, backend, seed, fit_box) -> field, learning rate);
