@@ -58,3 +58,25 @@ def test_fit_image_on_cuda(tmp_path):
     assert m["psnr"] >= 30.0 and m["device"].startswith("cuda")
     run = load_run(tmp_path / "r", device="cpu")  # a GPU run opens on the CPU
     assert next(run.field.parameters()).device.type == "cpu"
+
+
+def test_voxel_sparse_updates_on_cuda_match_cpu():
+    from fieldstudio.fields.radiance_grids import VoxelField
+    from fieldstudio.optim import LazyAdam, adam
+
+    torch.manual_seed(0)
+    cpu = VoxelField({"resolution": 16, "sh_degree": 2, "init_std": 0.3})
+    gpu = VoxelField({"resolution": 16, "sh_degree": 2, "init_std": 0.3}).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x, d = torch.rand(3000, 3), torch.nn.functional.normalize(torch.randn(3000, 3), dim=-1)
+    opts = [adam(f, 0.05) for f in (cpu, gpu)]
+    assert all(isinstance(o, LazyAdam) for o in opts)
+    for _ in range(3):
+        for f, o, dev in ((cpu, opts[0], "cpu"), (gpu, opts[1], "cuda")):
+            c = f.channels(x.to(dev), d.to(dev))
+            loss = (c["rgb"] ** 2).mean() + (c["log_density"] ** 2).mean()
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            assert f.grid.grad.is_sparse
+            o.step()
+    torch.testing.assert_close(gpu.grid.detach().cpu(), cpu.grid.detach(), rtol=1e-4, atol=1e-5)
