@@ -13,7 +13,7 @@
 // * voxel_forward(x [N, 3], grid [r, r, r, C] indexed [z, y, x]) -> [N, C].
 // * adam_rows(param, exp_avg, exp_avg_sq [R, C], rows [U], grad [U, C], ...): Adam's step on the
 //   given distinct rows only (`fieldstudio.optim.LazyAdam`), in place; PyTorch's index_select /
-//   index_copy_ / index_add_ take 8x as long for the rows a batch reaches in a 96^3 grid.
+//   index_copy_ / index_add_ take 3.5x as long on 96k rows of a 96^3 x 28 grid (2.0x on 10k; 2 threads).
 //
 // Backward passes scatter into the tables. Instead of per-thread copies of the tables (12 MB to
 // 100 MB here), the work is split by (mode, channel block): every task walks all points but
