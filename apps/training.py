@@ -44,10 +44,9 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)  # app state that must survive a resume
 
 
-def make_adam(module: torch.nn.Module, lr: float, param_groups: list[dict] | None = None) -> torch.optim.Optimizer:
-    """Adam with tiny-cuda-nn's settings: betas (0.9, 0.99), eps 1e-15 (`fieldstudio.optim.adam`:
-    fused where it can be, lazy where the module has sparse gradients)."""
-    return optim.adam(module, lr, param_groups)
+#: Adam with tiny-cuda-nn's settings, betas (0.9, 0.99) and eps 1e-15: fused where it can be,
+#: lazy where the module has sparse gradients (`fieldstudio.optim.adam`)
+make_adam = optim.adam
 
 
 def encoder_param_groups(fld: torch.nn.Module, lr: float) -> list[dict] | None:

@@ -62,7 +62,7 @@ class LazyAdam(torch.optim.Optimizer):
                 rows = _flat_rows(g.indices(), g.shape[:g.sparse_dim()])
                 vals = g.values().reshape(rows.numel(), -1)
                 m2, v2, p2 = (t_.view(-1, vals.shape[1]) for t_ in (m, v, p))
-                kernels = _row_kernels(p2, vals)
+                kernels = _row_kernels(p2)
                 if kernels is not None:
                     kernels.adam_rows(p2, m2, v2, rows.contiguous(), vals.contiguous(), lr, b1, b2, eps, bc1, bc2)
                 else:
@@ -80,7 +80,7 @@ def adam_rows_torch(p, m, v, rows, g, lr, b1, b2, eps, bc1, bc2) -> None:
     p.index_add_(0, rows, mr / (vr / bc2).sqrt_().add_(eps), alpha=-lr / bc1)
 
 
-def _row_kernels(p: torch.Tensor, g: torch.Tensor):
+def _row_kernels(p: torch.Tensor):
     if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64) or not p.is_contiguous():
         return None
     from fieldstudio.kernels import dense_kernels

@@ -196,7 +196,7 @@ class VoxelField(_Bounded, nn.Module):
     def _sample(self, x: torch.Tensor) -> torch.Tensor:
         u, inside = self._to_box(x)
         pts = u.reshape(-1, 3).to(self.grid.dtype)
-        if self.cfg["sparse_gradients"] and not pts.requires_grad:
+        if self.sparse_gradients and not pts.requires_grad:
             v = _SparseVoxelLookup.apply(pts.contiguous(), self.grid).reshape(*x.shape[:-1], self.grid.shape[-1])
         elif dense_kernel_applies(pts, self.grid):
             v = _VoxelLookup.apply(pts.contiguous(), self.grid).reshape(*x.shape[:-1], self.grid.shape[-1])
@@ -216,12 +216,8 @@ class VoxelField(_Bounded, nn.Module):
 
     def sample_torch(self, x: torch.Tensor) -> torch.Tensor:
         """The grid_sample twin of the fused kernel (any device, input gradients included)."""
-        lead = x.shape[:-1]
         c = self.grid.shape[-1]
-        # grid_sample's 3D grid is (W, H, D) = (x, y, z) against a volume stored [z, y, x]
-        g = (x.reshape(1, -1, 1, 1, 3).to(self.grid.dtype) * 2.0 - 1.0)
-        v = F.grid_sample(self.grid.permute(3, 0, 1, 2)[None], g, mode="bilinear", align_corners=True)  # [1, C, n, 1, 1]
-        return v.reshape(c, -1).t().reshape(*lead, c)
+        return _grid_sample_rows(self.grid, x.reshape(-1, 3).to(self.grid.dtype)).reshape(*x.shape[:-1], c)
 
     def _log_density(self, v: torch.Tensor) -> torch.Tensor:
         clip = self.cfg["log_density_clip"]
@@ -264,6 +260,14 @@ class _VoxelLookup(torch.autograd.Function):
         if not ctx.needs_input_grad[1]:
             return None, None
         return None, dense_kernels().voxel_backward(grad.contiguous(), pts, grid)
+
+
+def _grid_sample_rows(grid: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Trilinear lookup ``[n, C]`` of ``pts`` ``[n, 3]`` in a ``[r, r, r, C]`` grid by grid_sample."""
+    # grid_sample's 3D grid is (W, H, D) = (x, y, z) against a volume stored [z, y, x]
+    g = pts.reshape(1, -1, 1, 1, 3) * 2.0 - 1.0
+    v = F.grid_sample(grid.permute(3, 0, 1, 2)[None], g, mode="bilinear", align_corners=True)  # [1, C, n, 1, 1]
+    return v.reshape(grid.shape[-1], -1).t()
 
 
 def _axis_corners(x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -310,9 +314,7 @@ class _SparseVoxelLookup(torch.autograd.Function):
         ctx.grid_shape = grid.shape
         if dense_kernel_applies(pts, grid):
             return dense_kernels().voxel_forward(pts, grid)
-        g = pts.reshape(1, -1, 1, 1, 3) * 2.0 - 1.0
-        v = F.grid_sample(grid.permute(3, 0, 1, 2)[None], g, mode="bilinear", align_corners=True)
-        return v.reshape(grid.shape[-1], -1).t().contiguous()
+        return _grid_sample_rows(grid, pts).contiguous()
 
     @staticmethod
     def backward(ctx, grad):
