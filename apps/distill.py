@@ -187,7 +187,8 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                 feature_steps: int | None = None, point_steps: int | None = None, time_budget: float | None = None,
                 data: str | None = None, eval_views: int | None = None, finetune_steps: int = 0,
                 finetune_time: float | None = None, resume: bool = False, checkpoint_every: int = 500, progress: bool = True,
-                callback=None, student: torch.nn.Module | None = None, fit_box: bool = True) -> dict[str, Any]:
+                callback=None, student: torch.nn.Module | None = None, fit_box: bool = True,
+                weights: LossWeights | None = None) -> dict[str, Any]:
     """Distil the scene run ``teacher`` into a ``to`` field written as the scene run ``out``.
 
     ``student`` (a field module with the channel contract) overrides the builder of ``to``, which
@@ -213,6 +214,8 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
         old = runs.read_json(out / runs.CONFIG, "run config")
         model = build_scene_model(old["field"], old["scene"]["grid"], old["scene"]["aabb"], step_size).to(dev)
         lr = old["train"]["lr"]
+        if weights is None:  # a run resumes with its own loss; one written before visible_color had the plain mean
+            weights = LossWeights(**{"visible_color": False, **old["train"]["distill"]["loss_weights"]})
     else:
         torch.manual_seed(seed)
         if student is None:
@@ -238,7 +241,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
     cams = virtual_cameras_for(tcfg, aabb, dataset)
     sched = DistillSchedule(feature_steps if feature_steps is not None else DistillSchedule.for_steps(steps).feature_steps,
                             point_steps if point_steps is not None else DistillSchedule.for_steps(steps).point_steps)
-    weights = LossWeights()
+    weights = weights or LossWeights()
     config = copy.deepcopy(tcfg)
     config.update({"format_version": runs.FORMAT_VERSION, "fieldstudio": __version__, "kind": "scene",
                    "field": model.field.config, "weights_prefix": "field."})

@@ -17,8 +17,12 @@ evaluated at those points -- no training image is needed. Log-densities are clam
 ``log_density_clip`` (PVD: [-2, 7]) on both sides before any loss or rendering, so the densities
 compared span a bounded range instead of many orders of magnitude.
 
-Losses are mean squared errors (PVD uses the batch L2 norm, whose scale changes with the batch);
-the weights `LossWeights` keep the rendered colour the main term once stage 3 starts.
+Losses are mean squared errors (PVD uses the batch L2 norm, whose scale changes with the batch).
+The point colour is a mean over the samples weighted by the teacher's rendering weight
+(``LossWeights.visible_color``): a colour no camera sees does not matter, and the plain mean over
+every sample, about half of them nearly transparent, made the point colour 7x the rendered-colour
+term at the end of a TensoRF run on lego, steering the student's shared appearance parameters
+towards colours in empty space (weighted: 32.65 against 32.35 dB on the test views, 330 s).
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class LossWeights:
     feature: float = 1.0
     #: the feature weight is multiplied by this every step after stage 1 (PVD: 0.995)
     feature_decay: float = 0.995
+    #: the point colour error as a mean weighted by the teacher's rendering weight at each sample
+    #: (False: the plain mean over all samples, PVD's)
+    visible_color: bool = True
 
 
 @dataclass
@@ -110,6 +117,14 @@ def cosine_lr_factor(frac: float, final: float) -> float:
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mean((a.float() - b.float()) ** 2)
+
+
+def _color_loss(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The squared colour error averaged over the samples, each counted by ``weight`` (None: equally)."""
+    if weight is None:
+        return _mse(a, b)
+    err = torch.mean((a.float() - b.float()) ** 2, dim=-1)
+    return torch.sum(weight * err) / weight.sum().clamp_min(1e-8)
 
 
 def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_size: float,
@@ -197,7 +212,8 @@ def distill(teacher: nn.Module, student: nn.Module, *, aabb, grid, render_step_s
         img_s = None
         if stage >= 2 and ri.numel():
             log_s = cs["log_density"].clamp(lo, hi)
-            loss = loss + w.log_density * _mse(log_s, log_t) + w.color * _mse(cs["rgb"], ct["rgb"])
+            loss = loss + w.log_density * _mse(log_s, log_t) + w.color * _color_loss(cs["rgb"], ct["rgb"],
+                                                                                     wt if w.visible_color else None)
             if stage == 3:
                 ws, _, _ = render_weight_from_density(ts, te, torch.exp(log_s), ri, n_rays)
                 op_s = accumulate_along_rays(ws, None, ri, n_rays)

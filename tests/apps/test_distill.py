@@ -72,6 +72,23 @@ def test_resume_continues_to_the_total_steps(teacher, tmp_path):
     assert json.loads((out / runs.CONFIG).read_text())["step"] == 6
 
 
+def test_resume_keeps_the_runs_loss_weights(teacher, tmp_path):
+    from fieldstudio.renderers.distill import LossWeights
+
+    out = tmp_path / "w"
+    distill_run(teacher, "tensorf", out=out, steps=2, n_rays=64, progress=False, weights=LossWeights(color=0.3))
+    cfg_path = out / runs.CONFIG
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["train"]["distill"]["loss_weights"]["color"] == 0.3
+    assert cfg["train"]["distill"]["loss_weights"]["visible_color"] is True
+    # a run written before the visible-colour mean existed resumes with the plain mean it began with
+    del cfg["train"]["distill"]["loss_weights"]["visible_color"]
+    cfg_path.write_text(json.dumps(cfg))
+    distill_run(teacher, "tensorf", out=out, steps=3, n_rays=64, progress=False, resume=True)
+    w = json.loads(cfg_path.read_text())["train"]["distill"]["loss_weights"]
+    assert w["color"] == 0.3 and w["visible_color"] is False
+
+
 def test_finetune_time_alone_runs_as_many_steps_as_fit(teacher, tmp_path):
     m = distill_run(teacher, "voxels", out=tmp_path / "f", steps=3, n_rays=128, eval_views=1, progress=False,
                     finetune_time=0.5)

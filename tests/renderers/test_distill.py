@@ -190,3 +190,44 @@ def test_a_voxel_student_keeps_sparse_gradients_and_an_empty_batch_takes_no_step
                   schedule=DistillSchedule(0, 1), n_rays=64, optimizer=opt, log_every=1)
     assert res.steps == 3 and len(Spy.sparse) == 6 and torch.equal(student.grid, before)
     assert all(h["samples"] == 0 for h in res.history)
+
+
+def test_visible_colour_loss_is_the_rendering_weighted_mean():
+    from fieldstudio.renderers.distill import _color_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b, w = torch.rand(50, 3, generator=g), torch.rand(50, 3, generator=g), torch.rand(50, generator=g)
+    w[::2] = 0
+    ref = sum(w[i] * ((a[i] - b[i]) ** 2).mean() for i in range(50)) / w.sum()
+    torch.testing.assert_close(_color_loss(a, b, w), ref)
+    a[::2] = 5.0  # samples the teacher's rendering does not weigh do not count
+    torch.testing.assert_close(_color_loss(a, b, w), ref)
+    torch.testing.assert_close(_color_loss(a, b, None), ((a - b) ** 2).mean())
+
+
+def test_visible_colour_ignores_colour_errors_in_empty_space():
+    class WrongInEmptySpace(nn.Module):
+        """The sphere teacher with its colour off by 0.5 outside the ball (density at most 1)."""
+
+        def __init__(self):
+            super().__init__()
+            self.teacher = ColouredSphere()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def channels(self, x, d=None):
+            out = dict(self.teacher.channels(x, d))
+            if d is not None:
+                out["rgb"] = out["rgb"] + 0.5 * self.scale * (out["log_density"] <= 0).float()[..., None]
+            return out
+
+    teacher = ColouredSphere()
+    grid = _teacher_grid(teacher)
+    losses = {}
+    for visible in (False, True):
+        w = LossWeights(rgb=0.0, log_density=0.0, feature=0.0, color=1.0, visible_color=visible)
+        res = distill(teacher, WrongInEmptySpace(), aabb=AABB, grid=grid, render_step_size=STEP, cameras=_cameras(),
+                      steps=1, schedule=DistillSchedule(0, 1), weights=w, n_rays=256, lr=1e-12, log_every=1)
+        losses[visible] = res.history[0]["loss"]
+    # about a fifth of the samples drawn lie outside the ball, where the rendering weights are small
+    assert losses[False] > 0.02, losses
+    assert losses[True] < 0.3 * losses[False], losses
