@@ -195,7 +195,8 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
     then only names the run. ``finetune_steps`` / ``finetune_time`` (seconds): a last stage on the
     real training images, ending at whichever limit is given first (a time alone means as many steps
     as fit). ``fit_box``: a grid student (tensorf, voxels) spans only the teacher's occupied box
-    (`SceneModel.occupied_bounds`); False: the whole scene box. Returns the metrics written to metrics.json.
+    (`SceneModel.occupied_bounds`); False: the whole scene box. ``weights``: the loss weights
+    (default `LossWeights()`; a resumed run keeps its own). Returns the metrics written to metrics.json.
     """
     from .reconstruct import SceneModel, build_scene_model, evaluate_views
 
