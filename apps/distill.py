@@ -216,7 +216,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
         model = build_scene_model(old["field"], old["scene"]["grid"], old["scene"]["aabb"], step_size).to(dev)
         lr = old["train"]["lr"]
         if weights is None:  # a run resumes with its own loss; one written before visible_color had the plain mean
-            weights = LossWeights(**{"visible_color": False, **old["train"]["distill"]["loss_weights"]})
+            weights = LossWeights(**{"visible_color": False, **old["train"].get("distill", {}).get("loss_weights", {})})
     else:
         torch.manual_seed(seed)
         if student is None:
