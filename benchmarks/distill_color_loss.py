@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     work = Path(args.workdir)
     rows = []
     for s in args.students.split(","):
-        res = {}
+        res = payload["students"][s] = {}
         for name, visible in (("plain", False), ("visible", True)):
             out = work / f"{s}_{name}"
             shutil.rmtree(out, ignore_errors=True)
@@ -73,7 +73,6 @@ def main(argv=None) -> int:
             res[name] = {k: m[k] for k in ("psnr", "ssim", "psnr_per_view", "steps", "seconds", "psnr_vs_teacher_last")} \
                 | {"wall_seconds": round(time.perf_counter() - t0, 1), "load_average_at_end": list(os.getloadavg())}
             print(f"{s} ({name} point colour): {m['psnr']:.2f} dB, {m['steps']} steps", flush=True)
-            payload["students"][s] = res
             write_json(args.out, payload, "cpu", machine=machine)
         res["visible_minus_plain_db"] = round(res["visible"]["psnr"] - res["plain"]["psnr"], 2)
         rows.append([s, f"{res['plain']['psnr']:.2f}", f"{res['visible']['psnr']:.2f}",
