@@ -38,19 +38,22 @@ CLIP = [-2.0, 7.0]
 TEACHER_TYPES = ("NGPRadianceField", "VanillaNeRF", "TensoRFField", "VoxelField")
 
 
-def _hashgrid(teacher, backend, seed, fit_box=True):
+def _mlp(teacher, backend, seed, fit_box=True, config=None):
+    return VanillaNeRF({"log_density_clip": CLIP, **(config or {})}, backend=backend)
+
+
+def _hashgrid(teacher, backend, seed, fit_box=True, config=None):
     # the CPU-sized grid `reconstruct` uses for images up to 400 px (T = 2^17, N_max = 512)
     enc = {**NGP_ENCODING, "log2_hashmap_size": 17, "per_level_scale": round(ngp_per_level_scale(512, 16, 16), 6)}
-    return NGPRadianceField({"encoding": enc, "log_density_clip": CLIP}, backend=backend)
+    return NGPRadianceField({"encoding": enc, "log_density_clip": CLIP, **(config or {})}, backend=backend)
 
 
-def _neurbf(teacher, backend, seed, fit_box=True):
+def _neurbf(teacher, backend, seed, fit_box=True, config=None):
     """Instant-NGP with NeuRBF in place of the hash grid (`reconstruct --encoder neurbf`), with the
     kernels placed from the teacher itself instead of a warm-up fit."""
     from .scene_kernels import neurbf_radiance_config, placement_weights
 
-    cfg = neurbf_radiance_config()
-    cfg["log_density_clip"] = CLIP
+    cfg = {**neurbf_radiance_config(), "log_density_clip": CLIP, **(config or {})}
     fld = NGPRadianceField(cfg, backend=backend)
     res = max(48, math.ceil((4 * fld.encoding.n_kernels) ** (1 / 3)))
     pts, w = placement_weights(teacher.field, teacher.render_step_size, resolution=res)
@@ -58,38 +61,43 @@ def _neurbf(teacher, backend, seed, fit_box=True):
     return fld
 
 
-def _cam(teacher, backend, seed, fit_box=True):
+def _cam(teacher, backend, seed, fit_box=True, config=None):
     """The hash-grid student with CAM on its density MLP (`reconstruct --cam`): a 10 x 3 view-direction
     grid; its density and feature depend on the direction, so every stage evaluates them with one."""
-    fld = _hashgrid(teacher, backend, seed)
-    return NGPRadianceField({**fld.cfg, "cam": NGP_CAM}, backend=backend)
+    return _hashgrid(teacher, backend, seed, config={"cam": NGP_CAM, **(config or {})})
 
 
-def _tensorf(teacher, backend, seed, fit_box=True):
-    return TensoRFField({"log_density_clip": CLIP, "bounds": teacher.occupied_bounds() if fit_box else None}, backend=backend)
+def _tensorf(teacher, backend, seed, fit_box=True, config=None):
+    return TensoRFField({"log_density_clip": CLIP, "bounds": teacher.occupied_bounds() if fit_box else None,
+                         **(config or {})}, backend=backend)
 
 
-def _voxels(teacher, backend, seed, fit_box=True):
+def _voxels(teacher, backend, seed, fit_box=True, config=None):
     """PVD's 128^3 dense grid, finer than `reconstruct`'s 96^3: the teacher supervises every sample,
     so the finer grid pays (lego, 330 s: 30.88 against 30.32 dB at 96^3), while from images alone in
     that time it trails (28.90 against 29.93 dB). Finer still pays little in the same time: 160^3
     gave 31.15 against 30.99 dB for twice the memory and checkpoint, 192^3 30.82 dB (each vertex
     sees fewer samples a step, so it converges more slowly)."""
-    return VoxelField({"resolution": 128, "log_density_clip": CLIP, "bounds": teacher.occupied_bounds() if fit_box else None},
-                      backend=backend)
+    return VoxelField({"resolution": 128, "log_density_clip": CLIP,
+                       "bounds": teacher.occupied_bounds() if fit_box else None, **(config or {})}, backend=backend)
 
 
-#: student type -> (builder(teacher SceneModel, backend, seed, fit_box) -> field, learning rate);
+#: student type -> (builder(teacher SceneModel, backend, seed, fit_box, config) -> field, learning rate);
 #: ``fit_box``: a grid student spans only the teacher's occupied box
-#: (`SceneModel.occupied_bounds`), others ignore it
+#: (`SceneModel.occupied_bounds`), others ignore it; ``config``: entries that replace the
+#: builder's own in the field's config (its top level)
 STUDENTS: dict[str, tuple[Callable[..., torch.nn.Module], float]] = {
-    "mlp": (lambda t, b, s, fit_box=True: VanillaNeRF({"log_density_clip": CLIP}, backend=b), 1e-3),  # PVD: x0.1 for MLPs
+    "mlp": (_mlp, 1e-3),  # PVD: x0.1 for MLPs
     "hashgrid": (_hashgrid, 1e-2),
     "tensorf": (_tensorf, 1e-2),
     "voxels": (_voxels, 1e-1),
     "neurbf": (_neurbf, 1e-2),
     "cam": (_cam, 1e-2),
 }
+
+
+#: the --student-config example the help and errors show
+STUDENT_CONFIG_EXAMPLE = '{"resolution": 160}'
 
 
 def load_teacher(path: str | Path, device: str = "auto"):
@@ -190,7 +198,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
                 data: str | None = None, eval_views: int | None = None, finetune_steps: int = 0,
                 finetune_time: float | None = None, resume: bool = False, checkpoint_every: int = 500, progress: bool = True,
                 callback=None, student: torch.nn.Module | None = None, fit_box: bool = True,
-                weights: LossWeights | None = None) -> dict[str, Any]:
+                weights: LossWeights | None = None, student_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Distil the scene run ``teacher`` into a ``to`` field written as the scene run ``out``.
 
     ``student`` (a field module with the channel contract) overrides the builder of ``to``, which
@@ -198,7 +206,10 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
     real training images, ending at whichever limit is given first (a time alone means as many steps
     as fit). ``fit_box``: a grid student (tensorf, voxels) spans only the teacher's occupied box
     (`SceneModel.occupied_bounds`); False: the whole scene box. ``weights``: the loss weights
-    (default `LossWeights()`; a resumed run keeps its own). Returns the metrics written to metrics.json.
+    (default `LossWeights()`; a resumed run keeps its own). ``student_config``: entries that replace
+    the ``to`` builder's own in the student field's config, e.g. ``{"resolution": 160}`` for voxels or
+    NeRF's ``{"n_neurons": 256, "n_hidden_layers": 8, "skips": [4]}`` for the MLP (a resumed run
+    keeps its own field). Returns the metrics written to metrics.json.
     """
     from .reconstruct import SceneModel, build_scene_model, evaluate_views
 
@@ -207,6 +218,12 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
         raise ConfigError(f"unknown student type '{to}'", f"use --to one of: {', '.join(STUDENTS)}")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}", "e.g. --steps 2000")
+    if student_config and student is not None:
+        raise ConfigError("a student module and a student config were both given", "configure the module itself")
+    if (student_config or {}).get("log_density_clip", CLIP) != CLIP:
+        # the losses compare clamped log-densities: the student's range must be the teacher's
+        raise ConfigError(f"the student's log_density_clip is PVD's {CLIP}, shared with the teacher",
+                          "leave log_density_clip out of the student config")
     if (out / runs.STATE).exists() and not resume:
         raise InputError(f"{out} already holds a run", "pass --resume to continue it, or choose another --out")
     dev = pick_device(device)
@@ -223,7 +240,7 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
         torch.manual_seed(seed)
         if student is None:
             build, default_lr = STUDENTS[to]
-            student = build(tmodel, backend, seed, fit_box=fit_box)
+            student = build(tmodel, backend, seed, fit_box=fit_box, config=student_config)
         else:
             default_lr = 1e-2
         lr = default_lr if lr is None else lr
@@ -326,11 +343,15 @@ def distill_run(teacher: str | Path, to: str, *, out: str | Path, steps: int = 2
 
 
 def _cmd_distill(args) -> int:
+    from .config_files import read_config_arg
+
+    student_config = read_config_arg(args.student_config, "--student-config", STUDENT_CONFIG_EXAMPLE) \
+        if args.student_config else None
     m = distill_run(args.teacher, args.to, out=args.out, steps=args.steps, n_rays=args.rays, lr=args.lr,
                     seed=args.seed, device=args.device, data=args.data, eval_views=args.eval_views,
                     finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, resume=args.resume,
                     checkpoint_every=args.checkpoint_every, progress=not args.quiet, time_budget=args.time_budget,
-                    fit_box=not args.full_box)
+                    fit_box=not args.full_box, student_config=student_config)
     score = f"test PSNR {m['psnr']:.2f} dB over {m['test_views']} views  " if "psnr" in m else ""
     print(f"{score}student vs teacher {m['psnr_vs_teacher_last']} dB  {m['steps']} steps in {m['seconds']:.1f} s  "
           f"->  {args.out}")
@@ -354,6 +375,10 @@ def add_parser(sub) -> None:
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune on the real training images afterwards")
     p.add_argument("--finetune-time", type=float, default=None,
                    help="seconds of that fine-tuning (alone: as many steps as fit; with --finetune-steps: whichever ends first)")
+    p.add_argument("--student-config", default=None, metavar="JSON",
+                   help="entries replacing the student's own field config, inline or a .json file, e.g. "
+                        f"'{STUDENT_CONFIG_EXAMPLE}' (voxels) or NeRF's 8 x 256 trunk for mlp: "
+                        "'{\"n_neurons\": 256, \"n_hidden_layers\": 8, \"skips\": [4]}'")
     p.add_argument("--full-box", action="store_true",
                    help="a tensorf / voxels student spans the whole scene box (default: the teacher's occupied box)")
     from .cli import _add_training_flags

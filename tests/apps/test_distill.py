@@ -226,3 +226,34 @@ def test_grid_students_span_the_teachers_occupied_box(teacher, tmp_path):
     distill_run(src, "voxels", out=tmp_path / "full", steps=3, n_rays=64, eval_views=1, progress=False,
                 fit_box=False)
     assert json.loads((tmp_path / "full" / runs.CONFIG).read_text())["field"]["bounds"] is None
+
+
+def test_student_config_replaces_the_builders_entries(teacher, tmp_path, capsys):
+    """`--student-config` (inline or a file) sizes the student, the run reopens with that size, and
+    `reconstruct`'s own choices (PVD's clamp, the occupied box) stay unless replaced."""
+    out = tmp_path / "vox"
+    assert main(["distill", str(teacher), "--to", "voxels", "--steps", "2", "--rays", "64", "--out", str(out),
+                 "--eval-views", "1", "--quiet", "--student-config", '{"resolution": 12, "sh_degree": 2}']) == 0
+    model, cfg = load_scene_run(out, device="cpu")
+    assert tuple(model.field.grid.shape) == (12, 12, 12, 1 + 3 * 4)
+    assert cfg["field"]["log_density_clip"] == [-2.0, 7.0] and cfg["field"]["bounds"] is not None
+    spec = tmp_path / "nerf.json"
+    spec.write_text(json.dumps({"n_neurons": 32, "n_hidden_layers": 3, "skips": [1]}))
+    assert main(["distill", str(teacher), "--to", "mlp", "--steps", "2", "--rays", "64", "--out", str(tmp_path / "m"),
+                 "--eval-views", "1", "--quiet", "--student-config", str(spec)]) == 0
+    model, _ = load_scene_run(tmp_path / "m", device="cpu")
+    assert [layer.out_features for layer in model.field.trunk] == [32, 32, 32]
+    assert model.field.trunk[2].in_features == 32 + 63  # the skip after layer 1 feeds the encoded position again
+    capsys.readouterr()
+    for bad, says in (('{"resolutoin": 12}', "did you mean 'resolution'"),
+                      ('{"resolution": 12,}', "not valid JSON"),
+                      (str(tmp_path / "missing.json"), "neither a JSON object nor a file"),
+                      ('{"log_density_clip": [-5, 9]}', "shared with the teacher")):
+        assert main(["distill", str(teacher), "--to", "voxels", "--steps", "2", "--out", str(tmp_path / "bad"),
+                     "--student-config", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad" / runs.STATE).exists()
+    with pytest.raises(ConfigError, match="both given"):
+        distill_run(teacher, "voxels", student=VoxelField({"resolution": 4}), student_config={"resolution": 8},
+                    out=tmp_path / "both", steps=2, progress=False)
